@@ -1,0 +1,269 @@
+//! The export layer: WIT types in, plain Rust out, and back.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "edge:cache/edge-function",
+        generate_all,
+    });
+}
+
+use crate::cache_aside::{self, ProfileError, Profiles, Source};
+use crate::config::Config;
+use crate::host::{Cache, CacheError, Origin, OriginError};
+use crate::http;
+use crate::rate_limit::{self, Algorithm, Decision, Policy, RateLimitError};
+use bindings::edge::cache::{cache as wit_cache, origin as wit_origin};
+use bindings::exports::edge::cache::{profiles as wit_profiles, rate_limit as wit_rate_limit};
+use bindings::exports::wasi::http::incoming_handler;
+use bindings::wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use bindings::wasi::io::streams::StreamError;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+struct EdgeFunction;
+
+bindings::export!(EdgeFunction with_types_in bindings);
+
+/// `edge:cache/cache` as the logic modules see it.
+struct HostCache;
+
+impl From<wit_cache::Error> for CacheError {
+    fn from(error: wit_cache::Error) -> Self {
+        match error {
+            wit_cache::Error::Unavailable(why) => Self::Unavailable(why),
+            wit_cache::Error::Timeout => Self::Timeout,
+            wit_cache::Error::InvalidKey(why) => Self::InvalidKey(why),
+            wit_cache::Error::ValueTooLarge(limit) => Self::ValueTooLarge(limit),
+            wit_cache::Error::WrongType => Self::WrongType,
+            wit_cache::Error::InvalidArgument(why) => Self::InvalidArgument(why),
+            wit_cache::Error::Other(why) => Self::Other(why),
+        }
+    }
+}
+
+impl Cache for HostCache {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(wit_cache::get(key)?)
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>) -> Result<bool, CacheError> {
+        Ok(wit_cache::set(
+            key,
+            value,
+            wit_cache::SetOptions {
+                ttl_seconds,
+                only_if_absent: false,
+            },
+        )?)
+    }
+
+    fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
+        Ok(wit_cache::delete(keys)?)
+    }
+
+    fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+        Ok(wit_cache::incr_by(key, delta, ttl_if_new)?)
+    }
+}
+
+/// `edge:cache/origin` as the logic modules see it.
+struct HostOrigin;
+
+impl From<wit_origin::Error> for OriginError {
+    fn from(error: wit_origin::Error) -> Self {
+        match error {
+            wit_origin::Error::Unavailable(why) => Self::Unavailable(why),
+            wit_origin::Error::InvalidProfile(why) => Self::InvalidProfile(why),
+        }
+    }
+}
+
+impl Origin for HostOrigin {
+    fn fetch(&self, id: &str) -> Result<Option<String>, OriginError> {
+        Ok(wit_origin::fetch(id)?)
+    }
+
+    fn update(&self, id: &str, profile: &str) -> Result<bool, OriginError> {
+        Ok(wit_origin::update(id, profile)?)
+    }
+}
+
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn profile_ttl() -> u64 {
+    Config::from_env().map_or(cache_aside::DEFAULT_TTL_SECONDS, |config| {
+        config.profile_ttl_seconds
+    })
+}
+
+impl From<ProfileError> for wit_profiles::Error {
+    fn from(error: ProfileError) -> Self {
+        match error {
+            ProfileError::InvalidId(why) => Self::InvalidId(why),
+            ProfileError::InvalidProfile(why) => Self::InvalidProfile(why),
+            ProfileError::OriginUnavailable(why) => Self::OriginUnavailable(why),
+        }
+    }
+}
+
+impl wit_profiles::Guest for EdgeFunction {
+    fn get(id: String) -> Result<Option<wit_profiles::Lookup>, wit_profiles::Error> {
+        let profiles = Profiles {
+            cache: &HostCache,
+            origin: &HostOrigin,
+            ttl_seconds: profile_ttl(),
+        };
+        let lookup = profiles.get(&id)?;
+        Ok(lookup.map(|lookup| wit_profiles::Lookup {
+            profile: lookup.profile,
+            source: match lookup.source {
+                Source::Cache => wit_profiles::Source::Cache,
+                Source::Origin => wit_profiles::Source::Origin,
+                Source::Bypass => wit_profiles::Source::Bypass,
+            },
+        }))
+    }
+
+    fn update(id: String, profile: String) -> Result<bool, wit_profiles::Error> {
+        let profiles = Profiles {
+            cache: &HostCache,
+            origin: &HostOrigin,
+            ttl_seconds: profile_ttl(),
+        };
+        Ok(profiles.update(&id, &profile)?.1)
+    }
+}
+
+impl From<RateLimitError> for wit_rate_limit::Error {
+    fn from(error: RateLimitError) -> Self {
+        match error {
+            RateLimitError::InvalidPolicy(why) => Self::InvalidPolicy(why),
+            RateLimitError::InvalidKey(why) => Self::InvalidKey(why),
+            RateLimitError::InvalidCost(why) => Self::InvalidCost(why),
+        }
+    }
+}
+
+impl From<Decision> for wit_rate_limit::Decision {
+    fn from(decision: Decision) -> Self {
+        Self {
+            allowed: decision.allowed,
+            limit: decision.limit,
+            remaining: decision.remaining,
+            reset_after_ms: decision.reset_after_ms,
+            retry_after_ms: decision.retry_after_ms,
+            degraded: decision.degraded,
+        }
+    }
+}
+
+impl wit_rate_limit::Guest for EdgeFunction {
+    fn check(
+        key: String,
+        policy: wit_rate_limit::Policy,
+        cost: u32,
+    ) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
+        let policy = Policy {
+            algorithm: match policy.algorithm {
+                wit_rate_limit::Algorithm::FixedWindow => Algorithm::FixedWindow,
+            },
+            limit: policy.limit,
+            window_seconds: policy.window_seconds,
+        };
+        Ok(rate_limit::check(&HostCache, &key, &policy, cost, now_ms())?.into())
+    }
+}
+
+impl incoming_handler::Guest for EdgeFunction {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let response = match Config::from_env() {
+            Ok(config) => http::handle(
+                &read_request(request),
+                &HostCache,
+                &HostOrigin,
+                &config,
+                now_ms(),
+            ),
+            Err(why) => {
+                http::Response::problem(500, "misconfigured", "Misconfigured edge function", &why)
+            }
+        };
+        send_response(response, response_out);
+    }
+}
+
+fn read_request(request: IncomingRequest) -> http::Request {
+    let method = match request.method() {
+        Method::Get => "GET".to_owned(),
+        Method::Head => "HEAD".to_owned(),
+        Method::Post => "POST".to_owned(),
+        Method::Put => "PUT".to_owned(),
+        Method::Delete => "DELETE".to_owned(),
+        Method::Connect => "CONNECT".to_owned(),
+        Method::Options => "OPTIONS".to_owned(),
+        Method::Trace => "TRACE".to_owned(),
+        Method::Patch => "PATCH".to_owned(),
+        Method::Other(other) => other,
+    };
+    let path = request.path_with_query().unwrap_or_else(|| "/".to_owned());
+    let headers = request.headers().entries();
+    let body = request.consume().ok().and_then(read_body);
+    http::Request {
+        method,
+        path,
+        headers,
+        body,
+    }
+}
+
+/// Reads a body of at most [`http::MAX_BODY_BYTES`]; `None` when it is longer.
+/// A body that breaks off early counts as what arrived.
+fn read_body(body: IncomingBody) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    {
+        let stream = body.stream().ok()?;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => {
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() > http::MAX_BODY_BYTES {
+                        return None;
+                    }
+                }
+                Err(StreamError::Closed) | Err(StreamError::LastOperationFailed(_)) => break,
+            }
+        }
+    }
+    IncomingBody::finish(body);
+    Some(bytes)
+}
+
+fn send_response(response: http::Response, response_out: ResponseOutparam) {
+    let entries: Vec<(String, Vec<u8>)> = response
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
+        .collect();
+    let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
+    let outgoing = OutgoingResponse::new(headers);
+    // Status codes come from this crate's own table; all are valid.
+    let _ = outgoing.set_status_code(response.status);
+    let Ok(body) = outgoing.body() else { return };
+    ResponseOutparam::set(response_out, Ok(outgoing));
+    if let Ok(stream) = body.write() {
+        // `blocking-write-and-flush` takes at most 4096 bytes at a time.
+        for chunk in response.body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = OutgoingBody::finish(body, None);
+}

@@ -1,0 +1,480 @@
+//! The HTTP edge function, independent of how requests reach it.
+//!
+//! Routes:
+//! - `GET /profiles/{id}`: the profile (cache-aside), `x-cache: hit|miss|bypass`.
+//! - `PUT /profiles/{id}`: create or replace a profile, invalidating the cache.
+//!
+//! Every request is rate limited per caller; errors are RFC 9457 problem
+//! bodies (`application/problem+json`).
+
+use crate::cache_aside::{ProfileError, Profiles, Source};
+use crate::config::Config;
+use crate::host::{Cache, Origin};
+use crate::rate_limit::{self, Decision};
+use sha2::{Digest, Sha256};
+
+/// The header in which the host passes the client's address. The host sets it
+/// on every request, replacing whatever the client sent, so it cannot be
+/// spoofed.
+pub const CLIENT_IP_HEADER: &str = "x-edge-client-ip";
+
+/// The header that identifies an API client; its value is a secret, so only a
+/// digest of it is ever used as a key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The largest request body accepted (a profile is small).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The policy name reported in the `RateLimit` headers.
+const POLICY_NAME: &str = "default";
+
+/// An incoming request, as far as the function cares.
+pub struct Request {
+    pub method: String,
+    /// The path, possibly followed by `?query`.
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, or `None` when it was larger than [`MAX_BODY_BYTES`].
+    pub body: Option<Vec<u8>>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: u16, body: String) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into_bytes(),
+        }
+    }
+
+    /// An RFC 9457 problem body of type `urn:edge-cache:problem:{kind}`.
+    pub fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Self {
+        let body = serde_json::json!({
+            "type": format!("urn:edge-cache:problem:{kind}"),
+            "title": title,
+            "status": status,
+            "detail": detail,
+        });
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/problem+json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Who is calling: a digest of the API key when there is one, otherwise the
+/// client address the host reported.
+pub fn caller_key(request: &Request) -> String {
+    if let Some(api_key) = request.header(API_KEY_HEADER) {
+        let digest = Sha256::digest(api_key.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        return format!("key:{hex}");
+    }
+    match request.header(CLIENT_IP_HEADER) {
+        Some(ip) if ip.len() <= 64 => format!("ip:{ip}"),
+        _ => "anonymous".into(),
+    }
+}
+
+/// Serves one request.
+pub fn handle(
+    request: &Request,
+    cache: &impl Cache,
+    origin: &impl Origin,
+    config: &Config,
+    now_ms: u64,
+) -> Response {
+    let policy = config.rate_limit;
+    let decision = match rate_limit::check(cache, &caller_key(request), &policy, 1, now_ms) {
+        Ok(decision) => decision,
+        Err(error) => {
+            let detail = format!("the rate limit policy cannot be applied: {error:?}");
+            return Response::problem(500, "misconfigured", "Misconfigured rate limit", &detail);
+        }
+    };
+    let response = if decision.allowed {
+        route(request, cache, origin, config)
+    } else {
+        let retry_after = decision.retry_after_ms.div_ceil(1000).max(1);
+        let detail = format!(
+            "at most {} requests per {} s; retry in {retry_after} s",
+            policy.limit, policy.window_seconds
+        );
+        Response::problem(429, "quota-exceeded", "Too many requests", &detail)
+            .with_header("retry-after", retry_after.to_string())
+    };
+    with_rate_limit_headers(response, &decision, policy.window_seconds)
+}
+
+/// The IETF `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-
+/// ratelimit-headers) and the widespread `X-RateLimit-*` ones.
+fn with_rate_limit_headers(
+    response: Response,
+    decision: &Decision,
+    window_seconds: u32,
+) -> Response {
+    let reset = decision.reset_after_ms.div_ceil(1000);
+    response
+        .with_header(
+            "ratelimit-policy",
+            format!("\"{POLICY_NAME}\";q={};w={window_seconds}", decision.limit),
+        )
+        .with_header(
+            "ratelimit",
+            format!("\"{POLICY_NAME}\";r={};t={reset}", decision.remaining),
+        )
+        .with_header("x-ratelimit-limit", decision.limit.to_string())
+        .with_header("x-ratelimit-remaining", decision.remaining.to_string())
+        .with_header("x-ratelimit-reset", reset.to_string())
+}
+
+fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, config: &Config) -> Response {
+    let path = request
+        .path
+        .split_once('?')
+        .map_or(request.path.as_str(), |(path, _)| path);
+    let Some(id) = path
+        .strip_prefix("/profiles/")
+        .filter(|id| !id.contains('/'))
+    else {
+        return Response::problem(
+            404,
+            "not-found",
+            "Not found",
+            &format!("no route for {path}"),
+        );
+    };
+    let profiles = Profiles {
+        cache,
+        origin,
+        ttl_seconds: config.profile_ttl_seconds,
+    };
+    match request.method.as_str() {
+        "GET" => match profiles.get(id) {
+            Ok(Some(lookup)) => {
+                let x_cache = match lookup.source {
+                    Source::Cache => "hit",
+                    Source::Origin => "miss",
+                    Source::Bypass => "bypass",
+                };
+                Response::json(200, lookup.profile).with_header("x-cache", x_cache)
+            }
+            Ok(None) => Response::problem(
+                404,
+                "not-found",
+                "Profile not found",
+                &format!("no profile with id {id:?}"),
+            ),
+            Err(error) => profile_error(error),
+        },
+        "PUT" => {
+            let Some(body) = &request.body else {
+                let detail = format!("a profile is at most {MAX_BODY_BYTES} bytes");
+                return Response::problem(413, "too-large", "Body too large", &detail);
+            };
+            let Ok(text) = std::str::from_utf8(body) else {
+                return Response::problem(
+                    400,
+                    "invalid-profile",
+                    "Invalid profile",
+                    "the body is not UTF-8",
+                );
+            };
+            match profiles.update(id, text) {
+                Ok((stored, created)) => Response::json(if created { 201 } else { 200 }, stored),
+                Err(error) => profile_error(error),
+            }
+        }
+        other => Response::problem(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            &format!("{other} is not supported here"),
+        )
+        .with_header("allow", "GET, PUT"),
+    }
+}
+
+fn profile_error(error: ProfileError) -> Response {
+    match error {
+        ProfileError::InvalidId(why) => {
+            Response::problem(400, "invalid-id", "Invalid profile id", &why)
+        }
+        ProfileError::InvalidProfile(why) => {
+            Response::problem(400, "invalid-profile", "Invalid profile", &why)
+        }
+        ProfileError::OriginUnavailable(why) => {
+            Response::problem(503, "origin-unavailable", "Origin unavailable", &why)
+                .with_header("retry-after", "1")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::CacheError;
+    use crate::host::memory::{MemoryCache, MemoryOrigin};
+    use crate::rate_limit::{Algorithm, Policy};
+
+    const ALICE: &str = r#"{"id":"alice"}"#;
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: Some(body.as_bytes().to_vec()),
+        }
+    }
+
+    fn serve(cache: &MemoryCache, origin: &MemoryOrigin, request: &Request) -> Response {
+        handle(request, cache, origin, &Config::default(), 5_000)
+    }
+
+    fn problem_type(response: &Response) -> String {
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(body["status"], response.status);
+        body["type"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn get_reports_miss_then_hit() {
+        let (cache, origin) = (
+            MemoryCache::default(),
+            MemoryOrigin::with(&[("alice", ALICE)]),
+        );
+        let get = request("GET", "/profiles/alice?fields=all", &[], "");
+        let first = serve(&cache, &origin, &get);
+        assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
+        assert_eq!(first.body, ALICE.as_bytes());
+        assert_eq!(first.header("content-type"), Some("application/json"));
+        let second = serve(&cache, &origin, &get);
+        assert_eq!(
+            (second.status, second.header("x-cache")),
+            (200, Some("hit"))
+        );
+    }
+
+    #[test]
+    fn errors_are_problems() {
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
+        let cases = [
+            (
+                request("GET", "/profiles/nobody", &[], ""),
+                404,
+                "not-found",
+            ),
+            (
+                request("GET", "/profiles/bad%20id", &[], ""),
+                400,
+                "invalid-id",
+            ),
+            (request("GET", "/profiles/", &[], ""), 400, "invalid-id"),
+            (request("GET", "/elsewhere", &[], ""), 404, "not-found"),
+            (request("GET", "/profiles/a/b", &[], ""), 404, "not-found"),
+            (
+                request("PUT", "/profiles/a", &[], "[]"),
+                400,
+                "invalid-profile",
+            ),
+            (
+                request("DELETE", "/profiles/a", &[], ""),
+                405,
+                "method-not-allowed",
+            ),
+        ];
+        for (request, status, kind) in cases {
+            let response = serve(&cache, &origin, &request);
+            assert_eq!(
+                response.status, status,
+                "{} {}",
+                request.method, request.path
+            );
+            assert_eq!(
+                problem_type(&response),
+                format!("urn:edge-cache:problem:{kind}")
+            );
+        }
+    }
+
+    #[test]
+    fn put_creates_then_replaces_and_invalidates() {
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
+        let created = serve(
+            &cache,
+            &origin,
+            &request("PUT", "/profiles/bob", &[], r#"{"v": 1}"#),
+        );
+        assert_eq!(
+            (created.status, created.body.as_slice()),
+            (201, &br#"{"v":1}"#[..])
+        );
+        serve(&cache, &origin, &request("GET", "/profiles/bob", &[], ""));
+        let replaced = serve(
+            &cache,
+            &origin,
+            &request("PUT", "/profiles/bob", &[], r#"{"v": 2}"#),
+        );
+        assert_eq!(replaced.status, 200);
+        let read = serve(&cache, &origin, &request("GET", "/profiles/bob", &[], ""));
+        assert_eq!(
+            (read.header("x-cache"), read.body.as_slice()),
+            (Some("miss"), &br#"{"v":2}"#[..])
+        );
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused() {
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
+        let mut put = request("PUT", "/profiles/bob", &[], "");
+        put.body = None;
+        assert_eq!(serve(&cache, &origin, &put).status, 413);
+        assert!(origin.profiles.borrow().is_empty());
+    }
+
+    #[test]
+    fn the_61st_request_is_limited_with_headers() {
+        let (cache, origin) = (
+            MemoryCache::default(),
+            MemoryOrigin::with(&[("alice", ALICE)]),
+        );
+        let get = request(
+            "GET",
+            "/profiles/alice",
+            &[(CLIENT_IP_HEADER, "10.0.0.1")],
+            "",
+        );
+        for n in 1..=60 {
+            let response = serve(&cache, &origin, &get);
+            assert_eq!(response.status, 200, "request {n}");
+            assert_eq!(
+                response.header("x-ratelimit-remaining"),
+                Some((60 - n).to_string().as_str())
+            );
+        }
+        let limited = serve(&cache, &origin, &get);
+        assert_eq!(limited.status, 429);
+        assert_eq!(
+            problem_type(&limited),
+            "urn:edge-cache:problem:quota-exceeded"
+        );
+        // now = 5 s into a 60 s window.
+        assert_eq!(limited.header("retry-after"), Some("55"));
+        assert_eq!(
+            limited.header("ratelimit-policy"),
+            Some("\"default\";q=60;w=60")
+        );
+        assert_eq!(limited.header("ratelimit"), Some("\"default\";r=0;t=55"));
+        // Another caller is unaffected.
+        let other = request(
+            "GET",
+            "/profiles/alice",
+            &[(CLIENT_IP_HEADER, "10.0.0.2")],
+            "",
+        );
+        assert_eq!(serve(&cache, &origin, &other).status, 200);
+    }
+
+    #[test]
+    fn api_keys_identify_callers_by_digest() {
+        let keyed = request(
+            "GET",
+            "/",
+            &[("X-Api-Key", "s3cret"), (CLIENT_IP_HEADER, "10.0.0.1")],
+            "",
+        );
+        let key = caller_key(&keyed);
+        assert!(key.starts_with("key:") && !key.contains("s3cret"), "{key}");
+        assert_eq!(key.len(), 4 + 32);
+        assert_eq!(
+            caller_key(&request("GET", "/", &[(CLIENT_IP_HEADER, "10.0.0.1")], "")),
+            "ip:10.0.0.1"
+        );
+        assert_eq!(caller_key(&request("GET", "/", &[], "")), "anonymous");
+    }
+
+    #[test]
+    fn a_cache_outage_still_answers() {
+        let (cache, origin) = (
+            MemoryCache::default(),
+            MemoryOrigin::with(&[("alice", ALICE)]),
+        );
+        *cache.failure.borrow_mut() = Some(CacheError::Unavailable("refused".into()));
+        let response = serve(&cache, &origin, &request("GET", "/profiles/alice", &[], ""));
+        assert_eq!(
+            (response.status, response.header("x-cache")),
+            (200, Some("bypass"))
+        );
+    }
+
+    #[test]
+    fn origin_outage_is_503() {
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
+        origin.down.set(true);
+        let response = serve(&cache, &origin, &request("GET", "/profiles/alice", &[], ""));
+        assert_eq!(response.status, 503);
+    }
+
+    #[test]
+    fn configured_policy_applies() {
+        let (cache, origin) = (
+            MemoryCache::default(),
+            MemoryOrigin::with(&[("alice", ALICE)]),
+        );
+        let config = Config {
+            rate_limit: Policy {
+                algorithm: Algorithm::FixedWindow,
+                limit: 1,
+                window_seconds: 2,
+            },
+            ..Config::default()
+        };
+        let get = request("GET", "/profiles/alice", &[], "");
+        assert_eq!(handle(&get, &cache, &origin, &config, 0).status, 200);
+        let limited = handle(&get, &cache, &origin, &config, 1_500);
+        assert_eq!(
+            (limited.status, limited.header("retry-after")),
+            (429, Some("1"))
+        );
+    }
+}

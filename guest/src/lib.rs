@@ -1,0 +1,14 @@
+//! The edge-cache edge function.
+//!
+//! The logic lives in plain modules that only see the host through the traits
+//! in [`host`], so `cargo test` runs it natively. The WebAssembly component
+//! (bindings and the thin export layer) is compiled for `wasm32` only.
+
+pub mod cache_aside;
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod rate_limit;
+
+#[cfg(target_arch = "wasm32")]
+mod component;
