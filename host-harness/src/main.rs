@@ -1,1 +1,215 @@
-fn main() {}
+//! `edge-cache`: serve the edge function locally.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edge_cache_harness::backend::redis::{RedisConfig, redact_url};
+use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
+use edge_cache_harness::origin::OriginConfig;
+use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "edge-cache",
+    version,
+    about = "Run the edge-cache edge function under wasmtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the edge function over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EDGE_CACHE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// The edge function component; defaults to the guest built with this binary.
+    #[arg(long, env = "EDGE_CACHE_COMPONENT", default_value = BUILT_GUEST)]
+    component: PathBuf,
+
+    /// Redis to use as the cache, e.g. redis://user:password@host:6379/0 or
+    /// rediss://… for TLS. Without it, the embedded in-memory cache is used.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+
+    /// Redis database number (overrides the one in the URL).
+    #[arg(long, env = "REDIS_DB")]
+    redis_db: Option<i64>,
+
+    /// Longest wait for a Redis connection, in milliseconds.
+    #[arg(long, env = "REDIS_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
+    redis_connect_timeout_ms: u64,
+
+    /// Longest wait for one Redis command, in milliseconds; past it the guest
+    /// gets a `timeout` error and answers from the origin.
+    #[arg(long, env = "REDIS_COMMAND_TIMEOUT_MS", default_value_t = 500)]
+    redis_command_timeout_ms: u64,
+
+    /// Namespace prefixed to every cache key of this function.
+    #[arg(long, env = "EDGE_CACHE_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+
+    /// Memory bound of the embedded cache, e.g. 16MB, 64MB, 1GB.
+    #[arg(long, env = "EDGE_CACHE_MAX_MEMORY", default_value = "64MB", value_parser = parse_size)]
+    max_memory: u64,
+
+    /// SQLite file holding the profile origin; in memory when absent.
+    #[arg(long, env = "EDGE_CACHE_ORIGIN_DB")]
+    origin_db: Option<PathBuf>,
+
+    /// Latency added to every origin call, in milliseconds (to mimic a remote origin).
+    #[arg(long, env = "EDGE_CACHE_ORIGIN_LATENCY_MS", default_value_t = 0)]
+    origin_latency_ms: u64,
+
+    /// Lifetime of a cached profile, in seconds (guest: PROFILE_TTL_SECONDS).
+    #[arg(long, env = "PROFILE_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    profile_ttl: u64,
+
+    /// Requests allowed per caller and window (guest: RATE_LIMIT_REQUESTS).
+    #[arg(long, env = "RATE_LIMIT_REQUESTS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_requests: u32,
+
+    /// Rate limit window, in seconds (guest: RATE_LIMIT_WINDOW_SECONDS).
+    #[arg(long, env = "RATE_LIMIT_WINDOW_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_window: u32,
+
+    /// Log format.
+    #[arg(long, env = "EDGE_CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Parses `64MB`, `512KiB`, `1G`, `1048576` into bytes (KB/MB/GB are powers of
+/// 1024, as in Redis' `maxmemory`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 64MB"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KB, MB or GB)")),
+    };
+    match number.checked_mul(multiplier) {
+        Some(0) | None => Err(format!("{text:?} is not a usable size")),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
+impl ServeArgs {
+    fn harness_config(&self) -> HarnessConfig {
+        let backend = match &self.redis_url {
+            Some(url) => BackendConfig::Redis(RedisConfig {
+                db: self.redis_db,
+                connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
+                command_timeout: Duration::from_millis(self.redis_command_timeout_ms),
+                ..RedisConfig::new(url.clone())
+            }),
+            None => BackendConfig::Memory {
+                max_memory: self.max_memory,
+            },
+        };
+        HarnessConfig {
+            component: self.component.clone(),
+            backend,
+            namespace: self.namespace.clone(),
+            limits: Limits::default(),
+            origin: OriginConfig {
+                database: self.origin_db.clone(),
+                latency: Duration::from_millis(self.origin_latency_ms),
+            },
+            guest_env: vec![
+                ("PROFILE_TTL_SECONDS".into(), self.profile_ttl.to_string()),
+                (
+                    "RATE_LIMIT_REQUESTS".into(),
+                    self.rate_limit_requests.to_string(),
+                ),
+                (
+                    "RATE_LIMIT_WINDOW_SECONDS".into(),
+                    self.rate_limit_window.to_string(),
+                ),
+            ],
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Command::Serve(args) = Cli::parse().command;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match args.log_format {
+        LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+
+    let config = args.harness_config();
+    let store = match &args.redis_url {
+        Some(url) => format!("Redis at {}", redact_url(url)),
+        None => format!(
+            "the embedded cache (at most {} KiB)",
+            args.max_memory / 1024
+        ),
+    };
+    let harness = Harness::start(&config)
+        .await
+        .context("edge-cache could not start")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        component = %config.component.display(),
+        namespace = %config.namespace,
+        "serving the edge function with {store}; try GET /profiles/alice"
+    );
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    Arc::new(harness).serve(listener, shutdown).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_like_redis_maxmemory() {
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_size("16mb"), Ok(16 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in ["", "MB", "0", "12XB", "-5MB", "99999999999GB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

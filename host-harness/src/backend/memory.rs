@@ -1,0 +1,240 @@
+//! The embedded backend: Redis semantics in process, on moka.
+//!
+//! Entries carry their own deadline (moka's per-entry expiry evicts them in
+//! the background; reads also check it, so an expired entry is never
+//! returned). Memory is bounded by a byte weigher with LRU eviction, the
+//! counterpart of Redis `maxmemory` with `allkeys-lru`. Every read-modify-write
+//! runs inside moka's per-key `and_compute_with`, which makes it atomic.
+
+use super::{CacheError, CasOutcome, Ttl};
+use moka::Expiry;
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The default memory bound, like the seeds' smallest useful plan.
+pub const DEFAULT_MAX_MEMORY: u64 = 64 * 1024 * 1024;
+
+/// Bookkeeping bytes counted per entry on top of key and value, so that many
+/// tiny entries cannot exceed the bound unnoticed.
+const ENTRY_OVERHEAD: usize = 64;
+
+#[derive(Clone)]
+struct Stored {
+    bytes: Arc<[u8]>,
+    expires_at: Option<Instant>,
+}
+
+impl Stored {
+    fn new(bytes: &[u8], ttl: Option<u64>, now: Instant) -> Self {
+        Self {
+            bytes: bytes.into(),
+            expires_at: ttl.map(|ttl| now + Duration::from_secs(ttl)),
+        }
+    }
+
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+struct DeadlineExpiry;
+
+impl Expiry<String, Stored> for DeadlineExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &Stored,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        value
+            .expires_at
+            .map(|at| at.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Stored,
+        updated_at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        value
+            .expires_at
+            .map(|at| at.saturating_duration_since(updated_at))
+    }
+}
+
+#[derive(Clone)]
+pub struct MemoryBackend {
+    entries: Cache<String, Stored>,
+}
+
+impl MemoryBackend {
+    /// An empty store holding at most about `max_memory` bytes of keys and values.
+    pub fn new(max_memory: u64) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(max_memory)
+            .weigher(|key: &String, value: &Stored| {
+                u32::try_from(key.len() + value.bytes.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(DeadlineExpiry)
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        Self { entries }
+    }
+
+    fn live(&self, key: &str, now: Instant) -> Option<Stored> {
+        self.entries.get(key).filter(|stored| stored.is_live(now))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(self
+            .live(key, Instant::now())
+            .map(|stored| stored.bytes.to_vec()))
+    }
+
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        let now = Instant::now();
+        Ok(keys
+            .iter()
+            .map(|key| self.live(key, now).map(|stored| stored.bytes.to_vec()))
+            .collect())
+    }
+
+    pub async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<u64>,
+        only_if_absent: bool,
+    ) -> Result<bool, CacheError> {
+        let now = Instant::now();
+        let mut wrote = false;
+        self.entries.entry_by_ref(key).and_compute_with(|current| {
+            if only_if_absent && current.is_some_and(|entry| entry.value().is_live(now)) {
+                return Op::Nop;
+            }
+            wrote = true;
+            Op::Put(Stored::new(value, ttl, now))
+        });
+        Ok(wrote)
+    }
+
+    pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
+        let now = Instant::now();
+        let removed = keys
+            .iter()
+            .filter_map(|key| self.entries.remove(key))
+            .filter(|stored| stored.is_live(now))
+            .count();
+        Ok(u32::try_from(removed).unwrap_or(u32::MAX))
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        Ok(self.live(key, Instant::now()).is_some())
+    }
+
+    pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
+        let now = Instant::now();
+        let mut found = false;
+        self.entries
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(entry) if entry.value().is_live(now) => {
+                    found = true;
+                    let stored = entry.into_value();
+                    Op::Put(Stored {
+                        expires_at: Some(now + Duration::from_secs(ttl)),
+                        ..stored
+                    })
+                }
+                _ => Op::Nop,
+            });
+        Ok(found)
+    }
+
+    pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
+        let now = Instant::now();
+        Ok(match self.live(key, now) {
+            None => Ttl::Missing,
+            Some(Stored {
+                expires_at: None, ..
+            }) => Ttl::Persistent,
+            Some(Stored {
+                expires_at: Some(at),
+                ..
+            }) => {
+                let millis = at.saturating_duration_since(now).as_millis().max(1);
+                Ttl::ExpiresIn(u64::try_from(millis.div_ceil(1000)).unwrap_or(u64::MAX))
+            }
+        })
+    }
+
+    pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+        let now = Instant::now();
+        let mut outcome = Err(CacheError::Other("counter update did not run".into()));
+        self.entries.entry_by_ref(key).and_compute_with(|current| {
+            let current = current
+                .map(|entry| entry.into_value())
+                .filter(|stored| stored.is_live(now));
+            let (count, expires_at) = match &current {
+                None => (0, None),
+                Some(stored) => match std::str::from_utf8(&stored.bytes)
+                    .ok()
+                    .and_then(|text| text.parse::<i64>().ok())
+                {
+                    Some(count) => (count, stored.expires_at),
+                    None => {
+                        outcome = Err(CacheError::WrongType);
+                        return Op::Nop;
+                    }
+                },
+            };
+            let Some(next) = count.checked_add(delta) else {
+                outcome = Err(CacheError::InvalidArgument(
+                    "increment would overflow".into(),
+                ));
+                return Op::Nop;
+            };
+            outcome = Ok(next);
+            let expires_at = expires_at.or(Some(now + Duration::from_secs(ttl_if_new)));
+            Op::Put(Stored {
+                bytes: next.to_string().into_bytes().into(),
+                expires_at,
+            })
+        });
+        outcome
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<u64>,
+    ) -> Result<CasOutcome, CacheError> {
+        let now = Instant::now();
+        let mut outcome = CasOutcome::Swapped;
+        self.entries.entry_by_ref(key).and_compute_with(|current| {
+            let current = current
+                .map(|entry| entry.into_value())
+                .filter(|stored| stored.is_live(now));
+            if current.as_ref().map(|stored| &*stored.bytes) == expected {
+                Op::Put(Stored::new(new, ttl, now))
+            } else {
+                outcome = CasOutcome::Conflict(current.map(|stored| stored.bytes.to_vec()));
+                Op::Nop
+            }
+        });
+        Ok(outcome)
+    }
+
+    /// The weighted size of what is stored, after pending evictions ran.
+    pub fn used_memory(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}

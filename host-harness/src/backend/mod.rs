@@ -1,0 +1,123 @@
+//! Where cached bytes live: a real Redis, or the embedded in-memory store.
+//!
+//! Both backends implement the same contract (see `wit/cache.wit`); the
+//! conformance suite in `tests/` runs against both so they cannot drift.
+//! Backends see full keys: namespacing and limits are applied above them, in
+//! [`crate::cache::Cache`].
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// A failed cache operation, before it is translated to the WIT `error`.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CacheError {
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+    #[error("cache command timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("value too large: the limit is {limit} bytes")]
+    ValueTooLarge { limit: u64 },
+    #[error("the key holds a value of another type")]
+    WrongType,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("cache error: {0}")]
+    Other(String),
+}
+
+/// A key's remaining lifetime, as `TTL` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    Missing,
+    Persistent,
+    /// Whole seconds left, rounded up so that a live key never reports 0.
+    ExpiresIn(u64),
+}
+
+/// The result of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    Swapped,
+    Conflict(Option<Vec<u8>>),
+}
+
+/// One of the two stores.
+#[derive(Clone)]
+pub enum Backend {
+    Redis(redis::RedisBackend),
+    Memory(memory::MemoryBackend),
+}
+
+/// Forwards each call to the backend in use: a closed set, so a `match`
+/// rather than a trait object.
+macro_rules! dispatch {
+    ($self:ident, $backend:ident => $call:expr) => {
+        match $self {
+            Backend::Redis($backend) => $call.await,
+            Backend::Memory($backend) => $call.await,
+        }
+    };
+}
+
+impl Backend {
+    /// A name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Memory(_) => "memory",
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        dispatch!(self, b => b.get(key))
+    }
+
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        dispatch!(self, b => b.get_many(keys))
+    }
+
+    pub async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<u64>,
+        only_if_absent: bool,
+    ) -> Result<bool, CacheError> {
+        dispatch!(self, b => b.set(key, value, ttl, only_if_absent))
+    }
+
+    pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
+        dispatch!(self, b => b.delete(keys))
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        dispatch!(self, b => b.exists(key))
+    }
+
+    pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
+        dispatch!(self, b => b.expire(key, ttl))
+    }
+
+    pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
+        dispatch!(self, b => b.ttl(key))
+    }
+
+    pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+        dispatch!(self, b => b.incr_by(key, delta, ttl_if_new))
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<u64>,
+    ) -> Result<CasOutcome, CacheError> {
+        dispatch!(self, b => b.compare_and_swap(key, expected, new, ttl))
+    }
+}

@@ -1,0 +1,19 @@
+//! Host bindings for the `edge:cache/edge-function` world.
+//!
+//! `wasi:http` and `wasi:io` map to wasmtime-wasi-http's and wasmtime-wasi's
+//! own types, so the same store serves HTTP through their implementations.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "edge:cache/edge-function",
+    imports: { default: async },
+    exports: { default: async },
+    require_store_data_send: true,
+    with: {
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+    },
+});
+
+pub use edge::cache::{cache, origin};
+pub use exports::edge::cache::{profiles, rate_limit};

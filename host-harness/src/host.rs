@@ -1,0 +1,159 @@
+//! The store state of one instance and the host side of `edge:cache/cache`
+//! and `edge:cache/origin`.
+
+use crate::backend::{CacheError, CasOutcome, Ttl};
+use crate::bindings::{cache, origin};
+use crate::cache::Cache;
+use crate::origin::{Origin, OriginError};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// What the `edge:cache` imports reach: shared handles, cheap to clone into
+/// every store.
+#[derive(Clone)]
+pub struct EdgeCtx {
+    pub cache: Cache,
+    pub origin: Origin,
+}
+
+/// Adds `edge:cache/cache` and `edge:cache/origin` to `linker`, reaching the
+/// context through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut EdgeCtx,
+) -> wasmtime::Result<()> {
+    cache::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
+    origin::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
+    Ok(())
+}
+
+/// Everything one instance owns, for the length of one request.
+pub struct EdgeState {
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub table: ResourceTable,
+    pub edge: EdgeCtx,
+}
+
+impl WasiView for EdgeState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for EdgeState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+impl From<CacheError> for cache::Error {
+    fn from(error: CacheError) -> Self {
+        match error {
+            CacheError::Unavailable(why) => Self::Unavailable(why),
+            CacheError::Timeout(_) => Self::Timeout,
+            CacheError::InvalidKey(why) => Self::InvalidKey(why),
+            CacheError::ValueTooLarge { limit } => Self::ValueTooLarge(limit),
+            CacheError::WrongType => Self::WrongType,
+            CacheError::InvalidArgument(why) => Self::InvalidArgument(why),
+            CacheError::Other(why) => Self::Other(why),
+        }
+    }
+}
+
+impl cache::Host for EdgeCtx {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, cache::Error> {
+        Ok(self.cache.get(&key).await?)
+    }
+
+    async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, cache::Error> {
+        Ok(self.cache.get_many(&keys).await?)
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        options: cache::SetOptions,
+    ) -> Result<bool, cache::Error> {
+        Ok(self
+            .cache
+            .set(&key, &value, options.ttl_seconds, options.only_if_absent)
+            .await?)
+    }
+
+    async fn delete(&mut self, keys: Vec<String>) -> Result<u32, cache::Error> {
+        Ok(self.cache.delete(&keys).await?)
+    }
+
+    async fn exists(&mut self, key: String) -> Result<bool, cache::Error> {
+        Ok(self.cache.exists(&key).await?)
+    }
+
+    async fn expire(&mut self, key: String, ttl_seconds: u64) -> Result<bool, cache::Error> {
+        Ok(self.cache.expire(&key, ttl_seconds).await?)
+    }
+
+    async fn ttl(&mut self, key: String) -> Result<cache::TtlState, cache::Error> {
+        Ok(match self.cache.ttl(&key).await? {
+            Ttl::Missing => cache::TtlState::Missing,
+            Ttl::Persistent => cache::TtlState::Persistent,
+            Ttl::ExpiresIn(seconds) => cache::TtlState::ExpiresIn(seconds),
+        })
+    }
+
+    async fn incr_by(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_if_new: u64,
+    ) -> Result<i64, cache::Error> {
+        Ok(self.cache.incr_by(&key, delta, ttl_if_new).await?)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<cache::CasOutcome, cache::Error> {
+        Ok(
+            match self
+                .cache
+                .compare_and_swap(&key, expected.as_deref(), &new, ttl_seconds)
+                .await?
+            {
+                CasOutcome::Swapped => cache::CasOutcome::Swapped,
+                CasOutcome::Conflict(current) => cache::CasOutcome::Conflict(current),
+            },
+        )
+    }
+}
+
+impl From<OriginError> for origin::Error {
+    fn from(error: OriginError) -> Self {
+        match error {
+            OriginError::InvalidProfile(why) => Self::InvalidProfile(why),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl origin::Host for EdgeCtx {
+    async fn fetch(&mut self, id: String) -> Result<Option<String>, origin::Error> {
+        Ok(self.origin.fetch(&id).await?)
+    }
+
+    async fn update(&mut self, id: String, profile: String) -> Result<bool, origin::Error> {
+        Ok(self.origin.update(&id, &profile).await?)
+    }
+}

@@ -1,0 +1,12 @@
+//! The edge-cache harness: runs the edge function component under wasmtime,
+//! with `edge:cache/cache` backed by Redis or an embedded store and
+//! `edge:cache/origin` by an embedded profile database.
+
+pub mod backend;
+pub mod bindings;
+pub mod cache;
+pub mod host;
+pub mod origin;
+pub mod server;
+
+pub use server::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, StartupError};

@@ -1,0 +1,321 @@
+//! The harness: a compiled, pre-linked component served over HTTP, one store
+//! per request.
+
+use crate::backend::Backend;
+use crate::backend::memory::{DEFAULT_MAX_MEMORY, MemoryBackend};
+use crate::backend::redis::{ConnectError, RedisBackend, RedisConfig};
+use crate::bindings::{EdgeFunction, EdgeFunctionPre};
+use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
+use crate::host::{self, EdgeCtx, EdgeState};
+use crate::origin::{Origin, OriginConfig, OriginError};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+/// The guest built alongside this crate (see `build.rs`).
+pub const BUILT_GUEST: &str = env!("EDGE_CACHE_GUEST");
+
+/// The header carrying the client's address to the guest; always set by the
+/// harness, never taken from the client.
+pub const CLIENT_IP_HEADER: &str = "x-edge-client-ip";
+
+/// Where the cache keeps its data.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    /// The embedded in-memory store, bounded to `max_memory` bytes.
+    Memory { max_memory: u64 },
+    /// A Redis server.
+    Redis(RedisConfig),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self::Memory {
+            max_memory: DEFAULT_MAX_MEMORY,
+        }
+    }
+}
+
+impl BackendConfig {
+    /// Opens the store: for Redis, connects and checks with a `PING`.
+    pub async fn connect(&self) -> Result<Backend, StartupError> {
+        Ok(match self {
+            Self::Memory { max_memory } => Backend::Memory(MemoryBackend::new(*max_memory)),
+            Self::Redis(config) => Backend::Redis(RedisBackend::connect(config).await?),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HarnessConfig {
+    /// The edge function component (`.wasm`).
+    pub component: PathBuf,
+    pub backend: BackendConfig,
+    /// The cache namespace of this function.
+    pub namespace: String,
+    pub limits: Limits,
+    pub origin: OriginConfig,
+    /// Environment variables passed to the guest (its configuration).
+    pub guest_env: Vec<(String, String)>,
+}
+
+impl Default for HarnessConfig {
+    fn default() -> Self {
+        Self {
+            component: PathBuf::from(BUILT_GUEST),
+            backend: BackendConfig::default(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            limits: Limits::default(),
+            origin: OriginConfig::default(),
+            guest_env: Vec::new(),
+        }
+    }
+}
+
+/// Why the harness could not start.
+#[derive(Debug, Error)]
+pub enum StartupError {
+    #[error("component file {} not found (build the guest with `cargo build -p edge-cache-harness`, or pass --component)", path.display())]
+    ComponentMissing { path: PathBuf },
+    #[error("cannot load component {}: {reason}", path.display())]
+    ComponentInvalid { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Redis(#[from] ConnectError),
+    #[error(transparent)]
+    Namespace(#[from] InvalidNamespace),
+    #[error("cannot open the profile origin: {0}")]
+    Origin(#[from] OriginError),
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// A ready-to-serve edge function: compiled once, linked once, instantiated
+/// per request.
+pub struct Harness {
+    pre: EdgeFunctionPre<EdgeState>,
+    edge: EdgeCtx,
+    guest_env: Vec<(String, String)>,
+}
+
+impl Harness {
+    pub async fn start(config: &HarnessConfig) -> Result<Self, StartupError> {
+        let engine = Engine::default();
+        let component = load_component(&engine, &config.component)?;
+        Self::with_component(config, &component).await
+    }
+
+    /// Starts with an already compiled component (tests share one compile).
+    pub async fn with_component(
+        config: &HarnessConfig,
+        component: &Component,
+    ) -> Result<Self, StartupError> {
+        let backend = config.backend.connect().await?;
+        let cache = Cache::new(backend, &config.namespace, config.limits)?;
+        let origin = Origin::open(&config.origin)?;
+        let engine_error = |e: wasmtime::Error| StartupError::Engine(format!("{e:#}"));
+
+        let mut linker = Linker::<EdgeState>::new(component.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+        // Only the HTTP types: the guest serves requests but sends none.
+        wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<
+            _,
+            wasmtime_wasi_http::WasiHttp,
+        >(&mut linker, &Default::default(), EdgeState::http)
+        .map_err(engine_error)?;
+        host::add_to_linker(&mut linker, |state| &mut state.edge).map_err(engine_error)?;
+        let instance_pre =
+            linker
+                .instantiate_pre(component)
+                .map_err(|e| StartupError::ComponentInvalid {
+                    path: PathBuf::from("<component>"),
+                    reason: format!("{e:#}"),
+                })?;
+        let pre =
+            EdgeFunctionPre::new(instance_pre).map_err(|e| StartupError::ComponentInvalid {
+                path: PathBuf::from("<component>"),
+                reason: format!("it does not export the edge-function world: {e:#}"),
+            })?;
+        Ok(Self {
+            pre,
+            edge: EdgeCtx { cache, origin },
+            guest_env: config.guest_env.clone(),
+        })
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.edge.cache
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.edge.origin
+    }
+
+    fn new_store(&self) -> Store<EdgeState> {
+        let wasi = WasiCtx::builder()
+            .inherit_stderr()
+            .envs(&self.guest_env)
+            .build();
+        let state = EdgeState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            edge: self.edge.clone(),
+        };
+        Store::new(self.pre.engine(), state)
+    }
+
+    /// A fresh instance, for calling the `profiles` and `rate-limit` exports
+    /// directly.
+    pub async fn instantiate(&self) -> wasmtime::Result<(Store<EdgeState>, EdgeFunction)> {
+        let mut store = self.new_store();
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        Ok((store, instance))
+    }
+
+    /// Serves one HTTP request from `client` with a fresh instance.
+    pub async fn handle(
+        &self,
+        mut request: hyper::Request<Incoming>,
+        client: IpAddr,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let client_ip = HeaderValue::from_str(&client.to_string())
+            .expect("an IP address is a valid header value");
+        request.headers_mut().insert(CLIENT_IP_HEADER, client_ip);
+        match self.run_guest(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "edge function failed");
+                problem(
+                    500,
+                    "guest-failure",
+                    "Edge function failed",
+                    "the edge function failed; see the harness log",
+                )
+            }
+        }
+    }
+
+    async fn run_guest(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+        let mut store = self.new_store();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let response_out = store.data_mut().http().new_response_outparam(sender)?;
+        let pre = self.pre.clone();
+        // The guest keeps running after it hands over the response head, to
+        // stream the body; it runs in a task of its own.
+        let guest = tokio::spawn(async move {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, response_out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(wasmtime::format_err!(
+                "the guest answered with an error code: {code:?}"
+            )),
+            Err(_) => match guest.await {
+                Ok(Ok(())) => Err(wasmtime::format_err!(
+                    "the guest returned without sending a response"
+                )),
+                Ok(Err(error)) => Err(error),
+                Err(join) => Err(wasmtime::format_err!("the guest task failed: {join}")),
+            },
+        }
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let harness = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let harness = harness.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(harness.handle(request, peer.ip()).await)
+                    }
+                });
+                if let Err(error) = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+fn load_component(engine: &Engine, path: &PathBuf) -> Result<Component, StartupError> {
+    if !path.is_file() {
+        return Err(StartupError::ComponentMissing { path: path.clone() });
+    }
+    Component::from_file(engine, path).map_err(|e| StartupError::ComponentInvalid {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    })
+}
+
+/// An RFC 9457 problem response made by the harness itself.
+fn problem(
+    status: u16,
+    kind: &str,
+    title: &str,
+    detail: &str,
+) -> hyper::Response<HyperOutgoingBody> {
+    let body = serde_json::json!({
+        "type": format!("urn:edge-cache:problem:{kind}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    let body: HyperOutgoingBody = Full::new(Bytes::from(body.to_string()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
