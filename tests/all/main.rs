@@ -1,1 +1,6 @@
+//! The end-to-end suite: one test binary, so the guest is compiled once.
 
+mod component_world;
+mod conformance;
+mod http;
+mod startup;

@@ -1,0 +1,338 @@
+//! The cache contract (`wit/cache.wit`), run against both backends: a real
+//! redis-server and the embedded store. Anything one backend does that the
+//! other does not is a failure here.
+
+use edge_cache_harness::BackendConfig;
+use edge_cache_harness::backend::memory::MemoryBackend;
+use edge_cache_harness::backend::{Backend, CacheError, CasOutcome, Ttl};
+use edge_cache_harness::cache::{Cache, Limits};
+use edge_cache_tests::RedisServer;
+use std::time::Duration;
+
+/// One backend under test, and what keeps it alive.
+struct Subject {
+    cache: Cache,
+    _server: Option<RedisServer>,
+}
+
+impl Subject {
+    async fn redis() -> Self {
+        let server = RedisServer::start();
+        let backend = server
+            .backend()
+            .connect()
+            .await
+            .expect("connect to the test server");
+        Self {
+            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            _server: Some(server),
+        }
+    }
+
+    fn memory() -> Self {
+        let backend = Backend::Memory(MemoryBackend::new(16 << 20));
+        Self {
+            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            _server: None,
+        }
+    }
+}
+
+fn keys(names: &[&str]) -> Vec<String> {
+    names.iter().map(|name| name.to_string()).collect()
+}
+
+async fn get_set_delete(cache: &Cache) {
+    assert_eq!(cache.get("k").await.unwrap(), None);
+    assert!(
+        cache
+            .set("k", b"\x00binary\xff", None, false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        cache.get("k").await.unwrap().as_deref(),
+        Some(&b"\x00binary\xff"[..])
+    );
+    assert!(cache.exists("k").await.unwrap());
+    assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Persistent);
+    // Overwriting replaces the value; an empty value is a value.
+    assert!(cache.set("k", b"", None, false).await.unwrap());
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b""[..]));
+    cache.set("other", b"x", None, false).await.unwrap();
+    assert_eq!(
+        cache.delete(&keys(&["k", "other", "never"])).await.unwrap(),
+        2
+    );
+    assert_eq!(cache.delete(&[]).await.unwrap(), 0);
+    assert!(!cache.exists("k").await.unwrap());
+    assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Missing);
+}
+
+async fn only_if_absent(cache: &Cache) {
+    assert!(cache.set("nx", b"first", Some(60), true).await.unwrap());
+    assert!(!cache.set("nx", b"second", Some(60), true).await.unwrap());
+    assert_eq!(
+        cache.get("nx").await.unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+}
+
+async fn ttl_and_expiry(cache: &Cache) {
+    cache.set("t", b"v", Some(100), false).await.unwrap();
+    assert!(matches!(
+        cache.ttl("t").await.unwrap(),
+        Ttl::ExpiresIn(99..=100)
+    ));
+    // A plain set without TTL makes the key persistent again, as in Redis.
+    cache.set("t", b"v", None, false).await.unwrap();
+    assert_eq!(cache.ttl("t").await.unwrap(), Ttl::Persistent);
+    assert!(cache.expire("t", 1).await.unwrap());
+    assert_eq!(cache.ttl("t").await.unwrap(), Ttl::ExpiresIn(1));
+    assert!(!cache.expire("missing", 10).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(cache.get("t").await.unwrap(), None);
+    assert!(!cache.exists("t").await.unwrap());
+    assert_eq!(cache.ttl("t").await.unwrap(), Ttl::Missing);
+}
+
+async fn get_many(cache: &Cache) {
+    cache.set("a", b"1", None, false).await.unwrap();
+    cache.set("c", b"3", None, false).await.unwrap();
+    let values = cache.get_many(&keys(&["a", "b", "c"])).await.unwrap();
+    assert_eq!(values, vec![Some(b"1".to_vec()), None, Some(b"3".to_vec())]);
+    assert_eq!(
+        cache.get_many(&[]).await.unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+}
+
+async fn counters(cache: &Cache) {
+    assert_eq!(cache.incr_by("n", 5, 60).await.unwrap(), 5);
+    assert_eq!(cache.incr_by("n", -2, 60).await.unwrap(), 3);
+    assert!(matches!(
+        cache.ttl("n").await.unwrap(),
+        Ttl::ExpiresIn(59..=60)
+    ));
+    assert_eq!(cache.get("n").await.unwrap().as_deref(), Some(&b"3"[..]));
+    // A counter without expiry gets one: it can never outlive its window.
+    cache.set("forever", b"10", None, false).await.unwrap();
+    assert_eq!(cache.incr_by("forever", 1, 30).await.unwrap(), 11);
+    assert!(matches!(
+        cache.ttl("forever").await.unwrap(),
+        Ttl::ExpiresIn(29..=30)
+    ));
+    // An existing expiry is kept, not extended.
+    cache.expire("n", 5).await.unwrap();
+    cache.incr_by("n", 1, 60).await.unwrap();
+    assert!(matches!(
+        cache.ttl("n").await.unwrap(),
+        Ttl::ExpiresIn(4..=5)
+    ));
+    // Not a number.
+    cache.set("text", b"abc", None, false).await.unwrap();
+    assert_eq!(
+        cache.incr_by("text", 1, 60).await,
+        Err(CacheError::WrongType)
+    );
+    assert_eq!(
+        cache.get("text").await.unwrap().as_deref(),
+        Some(&b"abc"[..])
+    );
+    // Overflow is refused and changes nothing.
+    cache
+        .set("big", i64::MAX.to_string().as_bytes(), None, false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        cache.incr_by("big", 1, 60).await,
+        Err(CacheError::InvalidArgument(_))
+    ));
+    assert_eq!(
+        cache.get("big").await.unwrap(),
+        Some(i64::MAX.to_string().into_bytes())
+    );
+}
+
+async fn concurrent_counters_are_atomic(cache: &Cache) {
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.incr_by("race", 1, 60).await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=50).collect::<Vec<_>>(),
+        "every increment sees a distinct count"
+    );
+}
+
+async fn compare_and_swap(cache: &Cache) {
+    assert_eq!(
+        cache
+            .compare_and_swap("cas", None, b"v1", Some(60))
+            .await
+            .unwrap(),
+        CasOutcome::Swapped
+    );
+    assert!(matches!(
+        cache.ttl("cas").await.unwrap(),
+        Ttl::ExpiresIn(59..=60)
+    ));
+    assert_eq!(
+        cache
+            .compare_and_swap("cas", None, b"v2", None)
+            .await
+            .unwrap(),
+        CasOutcome::Conflict(Some(b"v1".to_vec()))
+    );
+    assert_eq!(
+        cache
+            .compare_and_swap("cas", Some(b"wrong"), b"v2", None)
+            .await
+            .unwrap(),
+        CasOutcome::Conflict(Some(b"v1".to_vec()))
+    );
+    assert_eq!(
+        cache
+            .compare_and_swap("cas", Some(b"v1"), b"v2", None)
+            .await
+            .unwrap(),
+        CasOutcome::Swapped
+    );
+    assert_eq!(cache.get("cas").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(cache.ttl("cas").await.unwrap(), Ttl::Persistent);
+    assert_eq!(
+        cache
+            .compare_and_swap("absent", Some(b"v1"), b"v2", None)
+            .await
+            .unwrap(),
+        CasOutcome::Conflict(None)
+    );
+    assert!(!cache.exists("absent").await.unwrap());
+}
+
+async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
+    assert!(matches!(
+        cache.get("").await,
+        Err(CacheError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        cache.set(&"k".repeat(513), b"v", None, false).await,
+        Err(CacheError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        cache.get("line\nbreak").await,
+        Err(CacheError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        cache.get_many(&keys(&["ok", ""])).await,
+        Err(CacheError::InvalidKey(_))
+    ));
+    let big = vec![0u8; 1024 * 1024 + 1];
+    assert_eq!(
+        cache.set("big", &big, None, false).await,
+        Err(CacheError::ValueTooLarge { limit: 1024 * 1024 })
+    );
+    assert_eq!(
+        cache.compare_and_swap("big", None, &big, None).await,
+        Err(CacheError::ValueTooLarge { limit: 1024 * 1024 })
+    );
+    assert!(!cache.exists("big").await.unwrap());
+    assert!(
+        cache.set("max", &big[1..], None, false).await.unwrap(),
+        "exactly the limit is accepted"
+    );
+    for zero_ttl in [
+        cache.set("z", b"v", Some(0), false).await.err(),
+        cache.expire("max", 0).await.err(),
+        cache.incr_by("z", 1, 0).await.err(),
+    ] {
+        assert!(
+            matches!(zero_ttl, Some(CacheError::InvalidArgument(_))),
+            "{zero_ttl:?}"
+        );
+    }
+    assert!(!cache.exists("z").await.unwrap());
+}
+
+async fn namespaces_do_not_cross(cache: &Cache) {
+    let other = Cache::new(cache.backend().clone(), "other", Limits::default()).unwrap();
+    cache
+        .set("shared-name", b"mine", None, false)
+        .await
+        .unwrap();
+    assert_eq!(other.get("shared-name").await.unwrap(), None);
+    other
+        .set("shared-name", b"theirs", None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get("shared-name").await.unwrap().as_deref(),
+        Some(&b"mine"[..])
+    );
+    assert_eq!(other.delete(&keys(&["shared-name"])).await.unwrap(), 1);
+    assert_eq!(
+        cache.get("shared-name").await.unwrap().as_deref(),
+        Some(&b"mine"[..])
+    );
+}
+
+/// Each contract test, once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let subject = super::Subject::redis().await;
+                super::$name(&subject.cache).await;
+            })*
+        }
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let subject = super::Subject::memory();
+                super::$name(&subject.cache).await;
+            })*
+        }
+    };
+}
+
+conformance!(
+    get_set_delete,
+    only_if_absent,
+    ttl_and_expiry,
+    get_many,
+    counters,
+    concurrent_counters_are_atomic,
+    compare_and_swap,
+    invalid_input_is_typed_and_changes_nothing,
+    namespaces_do_not_cross,
+);
+
+#[tokio::test]
+async fn namespaces_are_validated() {
+    let backend = Backend::Memory(MemoryBackend::new(1 << 20));
+    for bad in ["", "a:b", "{tag}", "with space", &"n".repeat(65)] {
+        assert!(
+            Cache::new(backend.clone(), bad, Limits::default()).is_err(),
+            "{bad:?}"
+        );
+    }
+    assert!(Cache::new(backend, "tenant-1.prod_eu", Limits::default()).is_ok());
+}
+
+#[tokio::test]
+async fn redis_backend_config_connects() {
+    let server = RedisServer::start();
+    let BackendConfig::Redis(_) = server.backend() else {
+        panic!("a Redis configuration")
+    };
+    assert_eq!(server.backend().connect().await.unwrap().kind(), "redis");
+}
