@@ -214,7 +214,7 @@ fn read_request(request: IncomingRequest) -> http::Request {
     };
     let path = request.path_with_query().unwrap_or_else(|| "/".to_owned());
     let headers = request.headers().entries();
-    let body = request.consume().ok().and_then(read_body);
+    let body = request.consume().map_or(http::Body::Broken, read_body);
     http::Request {
         method,
         path,
@@ -223,26 +223,26 @@ fn read_request(request: IncomingRequest) -> http::Request {
     }
 }
 
-/// Reads a body of at most [`http::MAX_BODY_BYTES`]; `None` when it is longer.
-/// A body that breaks off early counts as what arrived.
-fn read_body(body: IncomingBody) -> Option<Vec<u8>> {
+/// Reads a body of at most [`http::MAX_BODY_BYTES`].
+fn read_body(body: IncomingBody) -> http::Body {
     let mut bytes = Vec::new();
     {
-        let stream = body.stream().ok()?;
+        let Ok(stream) = body.stream() else {
+            return http::Body::Broken;
+        };
         loop {
             match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => {
-                    bytes.extend_from_slice(&chunk);
-                    if bytes.len() > http::MAX_BODY_BYTES {
-                        return None;
-                    }
+                Ok(chunk) if bytes.len() + chunk.len() > http::MAX_BODY_BYTES => {
+                    return http::Body::TooLarge;
                 }
-                Err(StreamError::Closed) | Err(StreamError::LastOperationFailed(_)) => break,
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(_)) => return http::Body::Broken,
             }
         }
     }
     IncomingBody::finish(body);
-    Some(bytes)
+    http::Body::Complete(bytes)
 }
 
 fn send_response(response: http::Response, response_out: ResponseOutparam) {

@@ -64,9 +64,12 @@ pub mod memory {
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
+    /// A value and the second at which it expires, if it does.
+    type Entry = (Vec<u8>, Option<u64>);
+
     #[derive(Default)]
     pub struct MemoryCache {
-        entries: RefCell<HashMap<String, (Vec<u8>, Option<u64>)>>,
+        entries: RefCell<HashMap<String, Entry>>,
         pub now_secs: Cell<u64>,
         pub failure: RefCell<Option<CacheError>>,
         pub calls: Cell<u32>,

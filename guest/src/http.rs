@@ -35,8 +35,17 @@ pub struct Request {
     pub path: String,
     /// Header names in lower case.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// The body, or `None` when it was larger than [`MAX_BODY_BYTES`].
-    pub body: Option<Vec<u8>>,
+    pub body: Body,
+}
+
+/// A request body as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Complete(Vec<u8>),
+    /// Longer than [`MAX_BODY_BYTES`]; the rest was not read.
+    TooLarge,
+    /// The client stopped sending before the end.
+    Broken,
 }
 
 impl Request {
@@ -200,9 +209,20 @@ fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, config: &C
             Err(error) => profile_error(error),
         },
         "PUT" => {
-            let Some(body) = &request.body else {
-                let detail = format!("a profile is at most {MAX_BODY_BYTES} bytes");
-                return Response::problem(413, "too-large", "Body too large", &detail);
+            let body = match &request.body {
+                Body::Complete(body) => body,
+                Body::TooLarge => {
+                    let detail = format!("a profile is at most {MAX_BODY_BYTES} bytes");
+                    return Response::problem(413, "too-large", "Body too large", &detail);
+                }
+                Body::Broken => {
+                    return Response::problem(
+                        400,
+                        "incomplete-body",
+                        "Incomplete body",
+                        "the body ended early",
+                    );
+                }
             };
             let Ok(text) = std::str::from_utf8(body) else {
                 return Response::problem(
@@ -259,7 +279,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
                 .collect(),
-            body: Some(body.as_bytes().to_vec()),
+            body: Body::Complete(body.as_bytes().to_vec()),
         }
     }
 
@@ -367,8 +387,10 @@ mod tests {
     fn oversized_bodies_are_refused() {
         let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
         let mut put = request("PUT", "/profiles/bob", &[], "");
-        put.body = None;
+        put.body = Body::TooLarge;
         assert_eq!(serve(&cache, &origin, &put).status, 413);
+        put.body = Body::Broken;
+        assert_eq!(serve(&cache, &origin, &put).status, 400);
         assert!(origin.profiles.borrow().is_empty());
     }
 
