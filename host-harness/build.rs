@@ -11,18 +11,13 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir
         .parent()
         .expect("the harness lives in the workspace")
         .to_path_buf();
     for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
 
     check_target_installed();
@@ -61,10 +56,7 @@ fn main() {
         "building the guest component for {TARGET} failed (see the output above)"
     );
 
-    let component = target_dir
-        .join(TARGET)
-        .join("release")
-        .join("edge_cache_guest.wasm");
+    let component = target_dir.join(TARGET).join("release").join("edge_cache_guest.wasm");
     assert!(
         component.is_file(),
         "the guest build did not produce {}",
@@ -83,10 +75,7 @@ fn check_target_installed() {
         .filter(|output| output.status.success())
         .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
     if let Some(sysroot) = sysroot
-        && !Path::new(&sysroot)
-            .join("lib/rustlib")
-            .join(TARGET)
-            .is_dir()
+        && !Path::new(&sysroot).join("lib/rustlib").join(TARGET).is_dir()
     {
         panic!(
             "\n\nThe Rust target {TARGET} is not installed; the guest component needs it.\n\

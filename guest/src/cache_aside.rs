@@ -1,23 +1,73 @@
-//! Cache-aside profile lookup: cache first, the origin on a miss, the answer
-//! stored with a TTL; writes go to the origin and then invalidate the copy.
+//! Cache-aside profile lookup that never stampedes.
 //!
-//! The cache is never the source of truth. Any cache failure turns into a
-//! lookup at the origin (reported as [`Source::Bypass`]), and a cached value
-//! that is not a JSON object is treated as a miss and overwritten.
+//! - A hit returns the cached copy. Entries carry a soft expiry: past it (or
+//!   a little before, by probabilistic early refresh, "XFetch"), one request
+//!   refreshes from the origin while the others keep getting the cached copy
+//!   (`Source::Stale`). If the refresh fails, the stale copy is served.
+//! - On a miss, one request fills the entry under a short lock key (set only
+//!   if absent, with a TTL); the others poll the cache for the fill for up to
+//!   `fill_wait_ms`, then go to the origin themselves. So a burst of misses on
+//!   one key reaches the origin once, or once per waiter that outlasts the
+//!   wait (bounded by the burst size, and in practice never with a healthy
+//!   origin).
+//! - Unknown ids are cached as absent for `negative_ttl_seconds`.
+//! - Writes go to the origin, then replace the cached copy.
+//! - The cache is never the source of truth: a cache failure means asking
+//!   the origin (`Source::Bypass`); a cached value that does not decode is a
+//!   miss, overwritten by the fill.
 
-use crate::host::{Cache, Origin, OriginError};
-
-/// The default lifetime of a cached profile, in seconds.
-pub const DEFAULT_TTL_SECONDS: u64 = 600;
+use crate::host::{Cache, CacheError, Clock, Origin, OriginError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// The longest accepted profile id.
 pub const MAX_ID_LEN: usize = 64;
+
+/// Cache keys carry a format version: a new entry format gets new keys and
+/// can never misread old entries.
+pub const KEY_PREFIX: &str = "profile:v1:";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// How long an entry is fresh, in seconds.
+    pub ttl_seconds: u64,
+    /// How long past freshness an entry may still be served while one
+    /// request refreshes it (stale-while-revalidate), in seconds.
+    pub stale_seconds: u64,
+    /// How long an unknown id is remembered as absent, in seconds.
+    pub negative_ttl_seconds: u64,
+    /// How long a request that missed waits for another request's fill
+    /// before asking the origin itself, in milliseconds.
+    pub fill_wait_ms: u64,
+    /// XFetch's β: 0 disables early refresh, 1 is the usual setting, larger
+    /// values refresh earlier.
+    pub early_refresh_beta: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 600,
+            stale_seconds: 60,
+            negative_ttl_seconds: 30,
+            fill_wait_ms: 1000,
+            early_refresh_beta: 1.0,
+        }
+    }
+}
+
+/// How long a fill or refresh lock lives if its holder dies.
+const LOCK_TTL_SECONDS: u64 = 5;
+
+/// How often a waiting request looks for the fill.
+const POLL_INTERVAL_MS: u64 = 20;
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Cache,
     Origin,
+    Stale,
     Bypass,
 }
 
@@ -44,9 +94,24 @@ impl From<OriginError> for ProfileError {
     }
 }
 
+/// The cached form of a lookup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    /// Fresh until this millisecond (Unix epoch).
+    fresh_until: u64,
+    /// How long the origin took to answer, for early refresh.
+    compute_ms: u64,
+    /// The profile; `None` caches its absence.
+    profile: Option<Map<String, Value>>,
+}
+
 /// The cache key of a profile.
 pub fn cache_key(id: &str) -> String {
-    format!("profile:{id}")
+    format!("{KEY_PREFIX}{id}")
+}
+
+fn lock_key(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}:lock")
 }
 
 /// Checks that `id` is 1 to 64 characters of `A-Z a-z 0-9 _ -`, so it can
@@ -69,98 +134,228 @@ pub fn validate_id(id: &str) -> Result<(), ProfileError> {
     }
 }
 
-/// Parses `text` as a JSON object and returns its compact form.
-pub fn normalize_profile(text: &str) -> Result<String, ProfileError> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| ProfileError::InvalidProfile(format!("not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ProfileError::InvalidProfile(
-            "a profile must be a JSON object".into(),
-        ));
+/// Parses `text` as a JSON object.
+pub fn parse_profile(text: &str) -> Result<Map<String, Value>, ProfileError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ProfileError::InvalidProfile("a profile must be a JSON object".into())),
+        Err(e) => Err(ProfileError::InvalidProfile(format!("not valid JSON: {e}"))),
     }
-    Ok(value.to_string())
 }
 
-/// A cached value is usable only if it is the UTF-8 text of a JSON object;
-/// anything else (a foreign format, a truncated write) counts as a miss.
-fn decode_cached(bytes: Vec<u8>) -> Option<String> {
-    let text = String::from_utf8(bytes).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.is_object().then_some(text)
+/// What a lookup found in the cache.
+enum Cached {
+    Fresh(Entry),
+    /// Past freshness, or chosen for early refresh.
+    Due(Entry),
+    Missing,
+    Unusable,
 }
 
 /// Profile lookups through a cache in front of an origin.
-pub struct Profiles<'h, C, O> {
+pub struct Profiles<'h, C, O, K> {
     pub cache: &'h C,
     pub origin: &'h O,
-    pub ttl_seconds: u64,
+    pub clock: &'h K,
+    pub settings: Settings,
 }
 
-impl<C: Cache, O: Origin> Profiles<'_, C, O> {
-    /// Looks `id` up: the cached copy when there is a usable one, otherwise
-    /// the origin's answer, stored in the cache for `ttl_seconds`.
+impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
+    /// Looks `id` up; `None` when the origin has no such profile.
     pub fn get(&self, id: &str) -> Result<Option<Lookup>, ProfileError> {
         validate_id(id)?;
-        let key = cache_key(id);
-        let cache_usable = match self.cache.get(&key) {
-            Ok(Some(bytes)) => match decode_cached(bytes) {
-                Some(profile) => {
-                    return Ok(Some(Lookup {
-                        profile,
-                        source: Source::Cache,
-                    }));
-                }
-                None => {
-                    log(&format!("discarding an unreadable cached value at {key}"));
-                    true
-                }
-            },
-            Ok(None) => true,
-            Err(error) => {
+        match self.read(id) {
+            Cached::Fresh(entry) => Ok(answer(entry, Source::Cache)),
+            Cached::Due(entry) => self.refresh(id, entry),
+            Cached::Missing => self.fill(id),
+            Cached::Unusable => self.bypass(id),
+        }
+    }
+
+    /// Stores `profile` at the origin, then replaces the cached copy, so the
+    /// next read sees it. Returns the stored (compact) profile and whether it
+    /// was created.
+    pub fn update(&self, id: &str, profile: &str) -> Result<(String, bool), ProfileError> {
+        validate_id(id)?;
+        let profile = parse_profile(profile)?;
+        let text = Value::Object(profile.clone()).to_string();
+        let created = self.origin.update(id, &text)?;
+        let entry = Entry {
+            fresh_until: self.fresh_until(self.settings.ttl_seconds),
+            compute_ms: 0,
+            profile: Some(profile),
+        };
+        if let Err(error) = self.store(id, &entry) {
+            // Replacing failed; at least drop the old copy.
+            log(&format!("could not cache the update of {id}: {error}"));
+            if let Err(error) = self.cache.delete(&[cache_key(id)]) {
                 log(&format!(
-                    "cache read of {key} failed, asking the origin: {error}"
+                    "could not invalidate {id} after an update; the old copy ages out: {error}"
                 ));
-                false
+            }
+        }
+        Ok((text, created))
+    }
+
+    fn read(&self, id: &str) -> Cached {
+        let bytes = match self.cache.get(&cache_key(id)) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Cached::Missing,
+            Err(error) => {
+                log(&format!("cache read of {id} failed, asking the origin: {error}"));
+                return Cached::Unusable;
             }
         };
-
-        let Some(profile) = self.origin.fetch(id)? else {
-            return Ok(None);
+        let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) else {
+            log(&format!("discarding an unreadable cached value for {id}"));
+            return Cached::Missing;
         };
-        if !cache_usable {
-            return Ok(Some(Lookup {
-                profile,
-                source: Source::Bypass,
-            }));
+        if self.due(&entry) {
+            Cached::Due(entry)
+        } else {
+            Cached::Fresh(entry)
         }
-        if let Err(error) = self
-            .cache
-            .set(&key, profile.as_bytes(), Some(self.ttl_seconds))
-        {
-            log(&format!("could not cache {key}: {error}"));
+    }
+
+    /// XFetch: refresh with a probability that grows as expiry nears and with
+    /// how long the origin takes, so one request refreshes before everyone
+    /// would have to.
+    fn due(&self, entry: &Entry) -> bool {
+        let now = self.clock.now_ms() as f64;
+        let head_start = entry.compute_ms as f64 * self.settings.early_refresh_beta * -self.clock.random().ln();
+        now + head_start >= entry.fresh_until as f64
+    }
+
+    /// One request refreshes a due entry; the others serve it as it is.
+    fn refresh(&self, id: &str, entry: Entry) -> Result<Option<Lookup>, ProfileError> {
+        let expired = self.clock.now_ms() >= entry.fresh_until;
+        let source_while_refreshing = if expired { Source::Stale } else { Source::Cache };
+        match self.try_lock(id) {
+            Ok(true) => {}
+            Ok(false) => return Ok(answer(entry, source_while_refreshing)),
+            Err(error) => {
+                log(&format!("cannot take the refresh lock of {id}: {error}"));
+                return Ok(answer(entry, source_while_refreshing));
+            }
         }
-        Ok(Some(Lookup {
-            profile,
-            source: Source::Origin,
+        let refreshed = self.load(id);
+        self.unlock(id);
+        match refreshed {
+            Ok(fresh) => Ok(answer(fresh, Source::Origin)),
+            // Stale-if-error: the copy we have beats an error.
+            Err(error) => {
+                log(&format!("refreshing {id} failed, serving the cached copy: {error:?}"));
+                Ok(answer(entry, Source::Stale))
+            }
+        }
+    }
+
+    /// On a miss: fill under the lock, or wait for whoever holds it.
+    fn fill(&self, id: &str) -> Result<Option<Lookup>, ProfileError> {
+        match self.try_lock(id) {
+            Ok(true) => {
+                let loaded = self.load(id);
+                self.unlock(id);
+                Ok(answer(loaded?, Source::Origin))
+            }
+            Ok(false) => {
+                let deadline = self.clock.now_ms() + self.settings.fill_wait_ms;
+                while self.clock.now_ms() < deadline {
+                    self.clock.sleep_ms(POLL_INTERVAL_MS);
+                    match self.read(id) {
+                        Cached::Fresh(entry) | Cached::Due(entry) => {
+                            return Ok(answer(entry, Source::Cache));
+                        }
+                        Cached::Missing => {}
+                        Cached::Unusable => return self.bypass(id),
+                    }
+                }
+                log(&format!(
+                    "no fill of {id} within {} ms; asking the origin",
+                    self.settings.fill_wait_ms
+                ));
+                Ok(answer(self.load(id)?, Source::Origin))
+            }
+            Err(error) => {
+                log(&format!("cannot take the fill lock of {id}: {error}"));
+                self.bypass(id)
+            }
+        }
+    }
+
+    /// Without a usable cache: straight to the origin, nothing stored.
+    fn bypass(&self, id: &str) -> Result<Option<Lookup>, ProfileError> {
+        let profile = self.fetch(id)?.0;
+        Ok(profile.map(|profile| Lookup {
+            profile: Value::Object(profile).to_string(),
+            source: Source::Bypass,
         }))
     }
 
-    /// Stores `profile` at the origin, then drops the cached copy so that the
-    /// next read goes to the origin. Returns the stored (compact) profile and
-    /// whether it was created.
-    pub fn update(&self, id: &str, profile: &str) -> Result<(String, bool), ProfileError> {
-        validate_id(id)?;
-        let profile = normalize_profile(profile)?;
-        let created = self.origin.update(id, &profile)?;
-        let key = cache_key(id);
-        if let Err(error) = self.cache.delete(std::slice::from_ref(&key)) {
-            // The origin has the new value; the stale copy ages out with its TTL.
-            log(&format!(
-                "could not invalidate {key} after an update: {error}"
-            ));
+    /// Asks the origin and caches what it says (including "absent").
+    fn load(&self, id: &str) -> Result<Entry, ProfileError> {
+        let (profile, compute_ms) = self.fetch(id)?;
+        let ttl = if profile.is_some() {
+            self.settings.ttl_seconds
+        } else {
+            self.settings.negative_ttl_seconds
+        };
+        let entry = Entry {
+            fresh_until: self.fresh_until(ttl),
+            compute_ms,
+            profile,
+        };
+        if let Err(error) = self.store(id, &entry) {
+            log(&format!("could not cache {id}: {error}"));
         }
-        Ok((profile, created))
+        Ok(entry)
     }
+
+    fn fetch(&self, id: &str) -> Result<(Option<Map<String, Value>>, u64), ProfileError> {
+        let started = self.clock.now_ms();
+        let text = self.origin.fetch(id)?;
+        let compute_ms = self.clock.now_ms().saturating_sub(started);
+        let profile = match text {
+            None => None,
+            Some(text) => Some(parse_profile(&text).map_err(|_| {
+                ProfileError::OriginUnavailable(format!(
+                    "the origin returned a profile for {id} that is not a JSON object"
+                ))
+            })?),
+        };
+        Ok((profile, compute_ms))
+    }
+
+    fn store(&self, id: &str, entry: &Entry) -> Result<(), CacheError> {
+        let bytes = serde_json::to_vec(entry).map_err(|e| CacheError::Other(e.to_string()))?;
+        // Positive entries outlive freshness by the stale window; absences
+        // are not served stale.
+        let ttl = match entry.profile {
+            Some(_) => self.settings.ttl_seconds + self.settings.stale_seconds,
+            None => self.settings.negative_ttl_seconds,
+        };
+        self.cache.set(&cache_key(id), &bytes, Some(ttl), false).map(drop)
+    }
+
+    fn fresh_until(&self, ttl_seconds: u64) -> u64 {
+        self.clock.now_ms() + ttl_seconds * 1000
+    }
+
+    fn try_lock(&self, id: &str) -> Result<bool, CacheError> {
+        self.cache.set(&lock_key(id), b"1", Some(LOCK_TTL_SECONDS), true)
+    }
+
+    fn unlock(&self, id: &str) {
+        // A failed release only delays the next refresh by the lock's TTL.
+        let _ = self.cache.delete(&[lock_key(id)]);
+    }
+}
+
+fn answer(entry: Entry, source: Source) -> Option<Lookup> {
+    entry.profile.map(|profile| Lookup {
+        profile: Value::Object(profile).to_string(),
+        source,
+    })
 }
 
 /// Guest diagnostics go to stderr, which the host attributes to the request.
@@ -171,7 +366,6 @@ fn log(message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::CacheError;
     use crate::host::memory::{MemoryCache, MemoryOrigin};
 
     const ALICE: &str = r#"{"id":"alice","name":"Alice"}"#;
@@ -179,22 +373,27 @@ mod tests {
     fn profiles<'h>(
         cache: &'h MemoryCache,
         origin: &'h MemoryOrigin,
-    ) -> Profiles<'h, MemoryCache, MemoryOrigin> {
+    ) -> Profiles<'h, MemoryCache, MemoryOrigin, crate::host::memory::ManualClock> {
         Profiles {
             cache,
             origin,
-            ttl_seconds: DEFAULT_TTL_SECONDS,
+            clock: &cache.clock,
+            settings: Settings::default(),
         }
+    }
+
+    fn alice() -> (MemoryCache, MemoryOrigin) {
+        (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]))
+    }
+
+    fn source(lookup: Result<Option<Lookup>, ProfileError>) -> Source {
+        lookup.unwrap().unwrap().source
     }
 
     #[test]
     fn miss_then_hit_reads_the_origin_once() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
+        let (cache, origin) = alice();
         let profiles = profiles(&cache, &origin);
-
         let first = profiles.get("alice").unwrap().unwrap();
         assert_eq!(
             first,
@@ -212,162 +411,244 @@ mod tests {
             }
         );
         assert_eq!(origin.reads.get(), 1);
-        assert_eq!(
-            cache.ttl_of("profile:alice"),
-            Some(Some(DEFAULT_TTL_SECONDS))
-        );
+        // Fresh for 600 s, kept 60 s longer to serve stale.
+        assert_eq!(cache.ttl_of("profile:v1:alice"), Some(Some(660)));
+        assert_eq!(cache.keys(), ["profile:v1:alice"], "the fill lock is released");
     }
 
     #[test]
-    fn entries_expire_after_their_ttl() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
-        let profiles = Profiles {
-            cache: &cache,
-            origin: &origin,
-            ttl_seconds: 5,
-        };
+    fn stale_entries_are_served_while_one_request_refreshes() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
         profiles.get("alice").unwrap();
-        cache.now_secs.set(5);
+        cache.clock.advance(600_000);
+        // Another request holds the refresh lock: serve stale, no origin read.
+        cache.set("profile:v1:alice:lock", b"1", Some(5), true).unwrap();
+        assert_eq!(source(profiles.get("alice")), Source::Stale);
+        assert_eq!(origin.reads.get(), 1);
+        // Once the lock is free, the next request refreshes.
+        cache.delete(&["profile:v1:alice:lock".into()]).unwrap();
+        origin.profiles.borrow_mut().insert("alice".into(), r#"{"v":2}"#.into());
+        let refreshed = profiles.get("alice").unwrap().unwrap();
         assert_eq!(
-            profiles.get("alice").unwrap().unwrap().source,
-            Source::Origin
+            refreshed,
+            Lookup {
+                profile: r#"{"v":2}"#.into(),
+                source: Source::Origin
+            }
         );
+        assert_eq!(source(profiles.get("alice")), Source::Cache);
         assert_eq!(origin.reads.get(), 2);
     }
 
     #[test]
-    fn unknown_ids_are_none() {
-        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
-        assert_eq!(profiles(&cache, &origin).get("nobody").unwrap(), None);
+    fn a_failed_refresh_serves_the_stale_copy() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        profiles.get("alice").unwrap();
+        cache.clock.advance(601_000);
+        origin.down.set(true);
+        let lookup = profiles.get("alice").unwrap().unwrap();
+        assert_eq!(
+            lookup,
+            Lookup {
+                profile: ALICE.into(),
+                source: Source::Stale
+            }
+        );
     }
 
     #[test]
-    fn update_invalidates_the_cached_copy() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
+    fn past_the_stale_window_it_is_a_miss() {
+        let (cache, origin) = alice();
         let profiles = profiles(&cache, &origin);
         profiles.get("alice").unwrap();
+        cache.clock.advance(660_000);
+        assert_eq!(source(profiles.get("alice")), Source::Origin);
+    }
 
+    #[test]
+    fn xfetch_refreshes_early_with_probability_growing_near_expiry() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        // An origin read that took 2 s.
+        let entry = Entry {
+            fresh_until: cache.clock.now_ms() + 10_000,
+            compute_ms: 2_000,
+            profile: Some(parse_profile(ALICE).unwrap()),
+        };
+        cache
+            .set(
+                "profile:v1:alice",
+                &serde_json::to_vec(&entry).unwrap(),
+                Some(100),
+                false,
+            )
+            .unwrap();
+        // 10 s before expiry: refreshing early needs -2 s * ln(r) >= 10 s, r <= e^-5.
+        cache.clock.random.set(0.01);
+        assert_eq!(source(profiles.get("alice")), Source::Cache);
+        cache.clock.random.set(0.006);
+        assert_eq!(source(profiles.get("alice")), Source::Origin, "an early refresh");
+        assert_eq!(origin.reads.get(), 1);
+    }
+
+    #[test]
+    fn xfetch_can_be_disabled() {
+        let (cache, origin) = alice();
+        let profiles = Profiles {
+            settings: Settings {
+                early_refresh_beta: 0.0,
+                ..Settings::default()
+            },
+            ..profiles(&cache, &origin)
+        };
+        profiles.get("alice").unwrap();
+        cache.clock.random.set(f64::MIN_POSITIVE);
+        cache.clock.advance(599_999);
+        assert_eq!(source(profiles.get("alice")), Source::Cache);
+    }
+
+    #[test]
+    fn misses_wait_for_the_fill_instead_of_reading_the_origin() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        // Another request holds the fill lock and fills after 100 ms.
+        cache.set("profile:v1:alice:lock", b"1", Some(5), true).unwrap();
+        let filled_at = cache.clock.now_ms() + 100;
+        let entry = serde_json::to_vec(&Entry {
+            fresh_until: filled_at + 600_000,
+            compute_ms: 100,
+            profile: Some(parse_profile(ALICE).unwrap()),
+        })
+        .unwrap();
+        *cache.interleave.borrow_mut() = Some(Box::new(move |cache: &MemoryCache| {
+            if cache.clock.now_ms() >= filled_at && cache.raw("profile:v1:alice").is_none() {
+                cache.insert_raw("profile:v1:alice", &entry);
+            }
+        }));
+        let lookup = profiles.get("alice").unwrap().unwrap();
+        assert_eq!(lookup.source, Source::Cache);
+        assert_eq!(origin.reads.get(), 0);
+    }
+
+    #[test]
+    fn waiting_is_bounded() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        cache.set("profile:v1:alice:lock", b"1", Some(5), true).unwrap();
+        let started = cache.clock.now_ms();
+        assert_eq!(source(profiles.get("alice")), Source::Origin);
+        assert_eq!(origin.reads.get(), 1);
+        let waited = cache.clock.now_ms() - started;
+        assert!((1000..1000 + POLL_INTERVAL_MS).contains(&waited), "waited {waited} ms");
+    }
+
+    #[test]
+    fn unknown_ids_are_remembered_as_absent() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        assert_eq!(profiles.get("nobody").unwrap(), None);
+        assert_eq!(profiles.get("nobody").unwrap(), None);
+        assert_eq!(origin.reads.get(), 1);
+        assert_eq!(cache.ttl_of("profile:v1:nobody"), Some(Some(30)));
+        cache.clock.advance(30_000);
+        assert_eq!(profiles.get("nobody").unwrap(), None);
+        assert_eq!(origin.reads.get(), 2);
+    }
+
+    #[test]
+    fn update_replaces_the_cached_copy() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        profiles.get("alice").unwrap();
         let (stored, created) = profiles
             .update("alice", r#"{ "id": "alice", "name": "Alicia" }"#)
             .unwrap();
         assert!(!created);
         assert_eq!(stored, r#"{"id":"alice","name":"Alicia"}"#);
-        let after = profiles.get("alice").unwrap().unwrap();
         assert_eq!(
-            after,
+            profiles.get("alice").unwrap().unwrap(),
             Lookup {
                 profile: stored,
-                source: Source::Origin
+                source: Source::Cache
             }
         );
+        assert_eq!(origin.reads.get(), 1);
     }
 
     #[test]
-    fn update_creates_missing_profiles() {
-        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
-        let (_, created) = profiles(&cache, &origin)
-            .update("bob", r#"{"name":"Bob"}"#)
-            .unwrap();
+    fn update_of_a_remembered_absence_creates_it() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        assert_eq!(profiles.get("bob").unwrap(), None);
+        let (_, created) = profiles.update("bob", r#"{"name":"Bob"}"#).unwrap();
         assert!(created);
+        assert_eq!(profiles.get("bob").unwrap().unwrap().profile, r#"{"name":"Bob"}"#);
     }
 
     #[test]
-    fn update_rejects_non_objects_without_touching_the_origin() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
+    fn update_rejects_non_objects_without_touching_anything() {
+        let (cache, origin) = alice();
         let profiles = profiles(&cache, &origin);
         for bad in ["[1,2]", "\"text\"", "{not json", ""] {
             assert!(
-                matches!(
-                    profiles.update("alice", bad),
-                    Err(ProfileError::InvalidProfile(_))
-                ),
+                matches!(profiles.update("alice", bad), Err(ProfileError::InvalidProfile(_))),
                 "{bad}"
             );
         }
         assert_eq!(origin.profiles.borrow()["alice"], ALICE);
+        assert_eq!(cache.calls.get(), 0);
     }
 
     #[test]
     fn ids_are_validated_before_any_io() {
-        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
+        let (cache, origin) = alice();
         let profiles = profiles(&cache, &origin);
         let long = "x".repeat(MAX_ID_LEN + 1);
         for bad in ["", "a:b", "a b", "../x", "ü", long.as_str()] {
-            assert!(
-                matches!(profiles.get(bad), Err(ProfileError::InvalidId(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(profiles.get(bad), Err(ProfileError::InvalidId(_))), "{bad:?}");
         }
+        assert_eq!(cache.calls.get(), 0);
         assert!(profiles.get(&"x".repeat(MAX_ID_LEN)).is_ok());
-        assert_eq!(cache.calls.get(), 1);
     }
 
     #[test]
-    fn cache_failure_falls_back_to_the_origin() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
+    fn cache_failure_bypasses_to_the_origin() {
+        let (cache, origin) = alice();
         *cache.failure.borrow_mut() = Some(CacheError::Timeout);
-        let lookup = profiles(&cache, &origin).get("alice").unwrap().unwrap();
+        let profiles = profiles(&cache, &origin);
         assert_eq!(
-            lookup,
+            profiles.get("alice").unwrap().unwrap(),
             Lookup {
                 profile: ALICE.into(),
                 source: Source::Bypass
             }
         );
-    }
-
-    #[test]
-    fn update_succeeds_when_the_cache_is_down() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
-        *cache.failure.borrow_mut() = Some(CacheError::Unavailable("refused".into()));
-        profiles(&cache, &origin)
-            .update("alice", r#"{"v":2}"#)
-            .unwrap();
+        assert_eq!(profiles.get("nobody").unwrap(), None);
+        profiles.update("alice", r#"{"v":2}"#).unwrap();
         assert_eq!(origin.profiles.borrow()["alice"], r#"{"v":2}"#);
     }
 
     #[test]
-    fn corrupt_cached_values_are_replaced() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
-        for junk in [&b"\xff\xfe"[..], b"[1]", b"{trunc"] {
-            cache.insert_raw("profile:alice", junk);
-            let lookup = profiles(&cache, &origin).get("alice").unwrap().unwrap();
-            assert_eq!(lookup.source, Source::Origin);
-            assert_eq!(
-                cache.get("profile:alice").unwrap().unwrap(),
-                ALICE.as_bytes()
-            );
+    fn corrupt_or_foreign_values_are_misses_and_overwritten() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        for junk in [&b"\xff\xfe"[..], b"[1]", b"{trunc", br#"{"id":"alice"}"#] {
+            cache.insert_raw("profile:v1:alice", junk);
+            assert_eq!(source(profiles.get("alice")), Source::Origin, "{junk:?}");
+            assert_eq!(source(profiles.get("alice")), Source::Cache);
         }
     }
 
     #[test]
-    fn origin_failure_is_an_error() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
+    fn origin_failure_on_a_miss_is_an_error() {
+        let (cache, origin) = alice();
         origin.down.set(true);
         assert!(matches!(
             profiles(&cache, &origin).get("alice"),
             Err(ProfileError::OriginUnavailable(_))
         ));
+        assert!(cache.keys().is_empty(), "nothing cached, the lock released");
     }
 }

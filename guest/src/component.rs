@@ -8,11 +8,11 @@ mod bindings {
     });
 }
 
-use crate::cache_aside::{self, ProfileError, Profiles, Source};
+use crate::cache_aside::{ProfileError, Profiles, Settings, Source};
 use crate::config::Config;
-use crate::host::{Cache, CacheError, Origin, OriginError};
+use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
 use crate::http;
-use crate::rate_limit::{self, Algorithm, Decision, Policy, RateLimitError};
+use crate::rate_limit::{self, Algorithm, Decision, FailMode, Policy, RateLimitError};
 use bindings::edge::cache::{cache as wit_cache, origin as wit_origin};
 use bindings::exports::edge::cache::{profiles as wit_profiles, rate_limit as wit_rate_limit};
 use bindings::exports::wasi::http::incoming_handler;
@@ -20,7 +20,7 @@ use bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use bindings::wasi::io::streams::StreamError;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 struct EdgeFunction;
 
@@ -48,13 +48,17 @@ impl Cache for HostCache {
         Ok(wit_cache::get(key)?)
     }
 
-    fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>) -> Result<bool, CacheError> {
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        Ok(wit_cache::get_many(keys)?)
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError> {
         Ok(wit_cache::set(
             key,
             value,
             wit_cache::SetOptions {
                 ttl_seconds,
-                only_if_absent: false,
+                only_if_absent,
             },
         )?)
     }
@@ -63,8 +67,46 @@ impl Cache for HostCache {
         Ok(wit_cache::delete(keys)?)
     }
 
-    fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-        Ok(wit_cache::incr_by(key, delta, ttl_if_new)?)
+    fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {
+        let outcome = wit_cache::incr_by_bounded(key, delta, ttl_if_new, max)?;
+        Ok(BoundedIncr {
+            applied: outcome.applied,
+            value: outcome.value,
+        })
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl_seconds: Option<u64>,
+    ) -> Result<CasOutcome, CacheError> {
+        Ok(match wit_cache::compare_and_swap(key, expected, new, ttl_seconds)? {
+            wit_cache::CasOutcome::Swapped => CasOutcome::Swapped,
+            wit_cache::CasOutcome::Conflict(current) => CasOutcome::Conflict(current),
+        })
+    }
+}
+
+/// Time and randomness from WASI.
+struct HostClock;
+
+impl Clock for HostClock {
+    fn now_ms(&self) -> u64 {
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        // A WASI poll: the host runs other requests meanwhile.
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    fn random(&self) -> f64 {
+        // 53 random bits, shifted into (0, 1].
+        let bits = bindings::wasi::random::random::get_random_u64() >> 11;
+        (bits + 1) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -90,17 +132,16 @@ impl Origin for HostOrigin {
     }
 }
 
-fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+/// The function's settings; a host without them gets the defaults, and a
+/// bad value is reported on every call rather than guessed around.
+fn config() -> Result<Config, String> {
+    Config::from_env()
 }
 
-fn profile_ttl() -> u64 {
-    Config::from_env().map_or(cache_aside::DEFAULT_TTL_SECONDS, |config| {
-        config.profile_ttl_seconds
-    })
+fn profiles_settings() -> Settings {
+    // The exports have no error for configuration; bad values fall back to
+    // the defaults (HTTP requests report them).
+    config().map(|config| config.profiles).unwrap_or_default()
 }
 
 impl From<ProfileError> for wit_profiles::Error {
@@ -118,7 +159,8 @@ impl wit_profiles::Guest for EdgeFunction {
         let profiles = Profiles {
             cache: &HostCache,
             origin: &HostOrigin,
-            ttl_seconds: profile_ttl(),
+            clock: &HostClock,
+            settings: profiles_settings(),
         };
         let lookup = profiles.get(&id)?;
         Ok(lookup.map(|lookup| wit_profiles::Lookup {
@@ -126,6 +168,7 @@ impl wit_profiles::Guest for EdgeFunction {
             source: match lookup.source {
                 Source::Cache => wit_profiles::Source::Cache,
                 Source::Origin => wit_profiles::Source::Origin,
+                Source::Stale => wit_profiles::Source::Stale,
                 Source::Bypass => wit_profiles::Source::Bypass,
             },
         }))
@@ -135,7 +178,8 @@ impl wit_profiles::Guest for EdgeFunction {
         let profiles = Profiles {
             cache: &HostCache,
             origin: &HostOrigin,
-            ttl_seconds: profile_ttl(),
+            clock: &HostClock,
+            settings: profiles_settings(),
         };
         Ok(profiles.update(&id, &profile)?.1)
     }
@@ -147,6 +191,7 @@ impl From<RateLimitError> for wit_rate_limit::Error {
             RateLimitError::InvalidPolicy(why) => Self::InvalidPolicy(why),
             RateLimitError::InvalidKey(why) => Self::InvalidKey(why),
             RateLimitError::InvalidCost(why) => Self::InvalidCost(why),
+            RateLimitError::Unavailable(why) => Self::Unavailable(why),
         }
     }
 }
@@ -164,36 +209,48 @@ impl From<Decision> for wit_rate_limit::Decision {
     }
 }
 
+impl From<wit_rate_limit::Policy> for Policy {
+    fn from(policy: wit_rate_limit::Policy) -> Self {
+        Self {
+            name: policy.name,
+            algorithm: match policy.algorithm {
+                wit_rate_limit::Algorithm::FixedWindow => Algorithm::FixedWindow,
+                wit_rate_limit::Algorithm::SlidingWindow => Algorithm::SlidingWindow,
+                wit_rate_limit::Algorithm::Gcra(burst) => Algorithm::Gcra { burst },
+            },
+            limit: policy.limit,
+            window_seconds: policy.window_seconds,
+            fail_mode: match policy.fail_mode {
+                wit_rate_limit::FailMode::Open => FailMode::Open,
+                wit_rate_limit::FailMode::Closed => FailMode::Closed,
+            },
+        }
+    }
+}
+
 impl wit_rate_limit::Guest for EdgeFunction {
     fn check(
         key: String,
         policy: wit_rate_limit::Policy,
         cost: u32,
     ) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
-        let policy = Policy {
-            algorithm: match policy.algorithm {
-                wit_rate_limit::Algorithm::FixedWindow => Algorithm::FixedWindow,
-            },
-            limit: policy.limit,
-            window_seconds: policy.window_seconds,
-        };
-        Ok(rate_limit::check(&HostCache, &key, &policy, cost, now_ms())?.into())
+        Ok(rate_limit::check(&HostCache, &key, &policy.into(), cost, HostClock.now_ms())?.into())
+    }
+
+    fn peek(key: String, policy: wit_rate_limit::Policy) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
+        Ok(rate_limit::peek(&HostCache, &key, &policy.into(), HostClock.now_ms())?.into())
+    }
+
+    fn reset(key: String, policy: wit_rate_limit::Policy) -> Result<(), wit_rate_limit::Error> {
+        Ok(rate_limit::reset(&HostCache, &key, &policy.into(), HostClock.now_ms())?)
     }
 }
 
 impl incoming_handler::Guest for EdgeFunction {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let response = match Config::from_env() {
-            Ok(config) => http::handle(
-                &read_request(request),
-                &HostCache,
-                &HostOrigin,
-                &config,
-                now_ms(),
-            ),
-            Err(why) => {
-                http::Response::problem(500, "misconfigured", "Misconfigured edge function", &why)
-            }
+            Ok(config) => http::handle(&read_request(request), &HostCache, &HostOrigin, &HostClock, &config),
+            Err(why) => http::Response::problem(500, "misconfigured", "Misconfigured edge function", &why),
         };
         send_response(response, response_out);
     }

@@ -1,8 +1,8 @@
 //! What the guest needs from its host, as plain Rust traits.
 //!
 //! The WIT imports are implemented on these traits in the export layer; the
-//! logic modules only see the traits, so `cargo test` can run them natively
-//! against an in-memory host.
+//! logic modules only see the traits, so `cargo test` runs them natively
+//! against the in-memory host in [`memory`].
 
 use std::fmt;
 
@@ -34,12 +34,34 @@ impl fmt::Display for CacheError {
     }
 }
 
-/// The subset of `edge:cache/cache` the guest's algorithms use.
+/// The outcome of [`Cache::incr_by_bounded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundedIncr {
+    pub applied: bool,
+    pub value: i64,
+}
+
+/// The outcome of [`Cache::compare_and_swap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    Swapped,
+    Conflict(Option<Vec<u8>>),
+}
+
+/// `edge:cache/cache`, as far as the guest's algorithms use it.
 pub trait Cache {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
-    fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>) -> Result<bool, CacheError>;
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError>;
+    fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError>;
     fn delete(&self, keys: &[String]) -> Result<u32, CacheError>;
-    fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError>;
+    fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError>;
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl_seconds: Option<u64>,
+    ) -> Result<CasOutcome, CacheError>;
 }
 
 /// A failed origin operation, mirroring `edge:cache/origin.error`.
@@ -55,69 +77,155 @@ pub trait Origin {
     fn update(&self, id: &str, profile: &str) -> Result<bool, OriginError>;
 }
 
+/// Time and chance, from WASI in the component and controllable in tests.
+pub trait Clock {
+    /// Milliseconds since the Unix epoch (wall clock: instances agree on it).
+    fn now_ms(&self) -> u64;
+    /// Blocks this request for `ms` milliseconds.
+    fn sleep_ms(&self, ms: u64);
+    /// A uniformly distributed number in (0, 1].
+    fn random(&self) -> f64;
+}
+
 #[cfg(test)]
 pub mod memory {
-    //! An in-memory host for the native unit tests: the real semantics of the
-    //! cache contract (TTL, atomic counters) on a controllable clock.
+    //! An in-memory host for the native unit tests: the cache contract's
+    //! semantics (TTL, atomic counters, CAS) on a controllable clock.
 
     use super::*;
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
-    /// A value and the second at which it expires, if it does.
+    /// A value and the millisecond at which it expires, if it does.
     type Entry = (Vec<u8>, Option<u64>);
+
+    /// A clock that only moves when told to (or when slept on).
+    pub struct ManualClock {
+        pub now: Cell<u64>,
+        pub random: Cell<f64>,
+    }
+
+    impl Default for ManualClock {
+        fn default() -> Self {
+            Self {
+                now: Cell::new(1_700_000_000_000),
+                random: Cell::new(1.0),
+            }
+        }
+    }
+
+    impl ManualClock {
+        pub fn advance(&self, ms: u64) {
+            self.now.set(self.now.get() + ms);
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.now.get()
+        }
+
+        fn sleep_ms(&self, ms: u64) {
+            self.advance(ms);
+        }
+
+        fn random(&self) -> f64 {
+            self.random.get()
+        }
+    }
 
     #[derive(Default)]
     pub struct MemoryCache {
         entries: RefCell<HashMap<String, Entry>>,
-        pub now_secs: Cell<u64>,
+        pub clock: ManualClock,
         pub failure: RefCell<Option<CacheError>>,
         pub calls: Cell<u32>,
+        /// Runs before each call, to simulate other instances writing.
+        pub interleave: RefCell<Option<Box<dyn Fn(&MemoryCache)>>>,
     }
 
     impl MemoryCache {
         fn begin(&self) -> Result<(), CacheError> {
             self.calls.set(self.calls.get() + 1);
+            if let Some(interleave) = self.interleave.borrow().as_ref() {
+                interleave(self);
+            }
             match &*self.failure.borrow() {
                 Some(error) => Err(error.clone()),
                 None => Ok(()),
             }
         }
 
-        fn live(&self, key: &str) -> Option<Vec<u8>> {
+        fn live(&self, key: &str) -> Option<Entry> {
             let entries = self.entries.borrow();
             let (value, expires) = entries.get(key)?;
             match expires {
-                Some(at) if *at <= self.now_secs.get() => None,
-                _ => Some(value.clone()),
+                Some(at) if *at <= self.clock.now_ms() => None,
+                _ => Some((value.clone(), *expires)),
             }
         }
 
+        /// Seconds left before `key` expires: `None` if missing, `Some(None)`
+        /// if it never does.
         pub fn ttl_of(&self, key: &str) -> Option<Option<u64>> {
-            self.live(key)?;
-            let expires = self.entries.borrow()[key].1;
-            Some(expires.map(|at| at - self.now_secs.get()))
+            let (_, expires) = self.live(key)?;
+            Some(expires.map(|at| (at - self.clock.now_ms()).div_ceil(1000)))
         }
 
         pub fn insert_raw(&self, key: &str, value: &[u8]) {
-            self.entries
-                .borrow_mut()
-                .insert(key.to_owned(), (value.to_vec(), None));
+            self.entries.borrow_mut().insert(key.to_owned(), (value.to_vec(), None));
+        }
+
+        pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
+            self.live(key).map(|(value, _)| value)
+        }
+
+        pub fn keys(&self) -> Vec<String> {
+            let mut keys: Vec<String> = self
+                .entries
+                .borrow()
+                .keys()
+                .filter(|k| self.live(k).is_some())
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        }
+
+        fn deadline(&self, ttl: Option<u64>) -> Option<u64> {
+            ttl.map(|ttl| self.clock.now_ms() + ttl * 1000)
+        }
+
+        fn counter(&self, key: &str) -> Result<(i64, Option<u64>), CacheError> {
+            match self.live(key) {
+                None => Ok((0, None)),
+                Some((value, expires)) => {
+                    let text = String::from_utf8(value).map_err(|_| CacheError::WrongType)?;
+                    Ok((text.parse().map_err(|_| CacheError::WrongType)?, expires))
+                }
+            }
         }
     }
 
     impl Cache for MemoryCache {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
             self.begin()?;
-            Ok(self.live(key))
+            Ok(self.raw(key))
         }
 
-        fn set(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<bool, CacheError> {
+        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
             self.begin()?;
-            let expires = ttl.map(|ttl| self.now_secs.get() + ttl);
+            Ok(keys.iter().map(|key| self.raw(key)).collect())
+        }
+
+        fn set(&self, key: &str, value: &[u8], ttl: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError> {
+            self.begin()?;
+            if only_if_absent && self.live(key).is_some() {
+                return Ok(false);
+            }
             self.entries
                 .borrow_mut()
-                .insert(key.to_owned(), (value.to_vec(), expires));
+                .insert(key.to_owned(), (value.to_vec(), self.deadline(ttl)));
             Ok(true)
         }
 
@@ -133,22 +241,42 @@ pub mod memory {
             Ok(removed)
         }
 
-        fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+        fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {
             self.begin()?;
-            let (current, expires) = match self.live(key) {
-                Some(value) => {
-                    let text = String::from_utf8(value).map_err(|_| CacheError::WrongType)?;
-                    let current: i64 = text.parse().map_err(|_| CacheError::WrongType)?;
-                    (current, self.entries.borrow()[key].1)
-                }
-                None => (0, None),
-            };
+            let (current, expires) = self.counter(key)?;
             let next = current + delta;
-            let expires = expires.or(Some(self.now_secs.get() + ttl_if_new));
+            if next > max {
+                return Ok(BoundedIncr {
+                    applied: false,
+                    value: current,
+                });
+            }
+            let expires = expires.or(self.deadline(Some(ttl_if_new)));
             self.entries
                 .borrow_mut()
                 .insert(key.to_owned(), (next.to_string().into_bytes(), expires));
-            Ok(next)
+            Ok(BoundedIncr {
+                applied: true,
+                value: next,
+            })
+        }
+
+        fn compare_and_swap(
+            &self,
+            key: &str,
+            expected: Option<&[u8]>,
+            new: &[u8],
+            ttl: Option<u64>,
+        ) -> Result<CasOutcome, CacheError> {
+            self.begin()?;
+            let current = self.raw(key);
+            if current.as_deref() != expected {
+                return Ok(CasOutcome::Conflict(current));
+            }
+            self.entries
+                .borrow_mut()
+                .insert(key.to_owned(), (new.to_vec(), self.deadline(ttl)));
+            Ok(CasOutcome::Swapped)
         }
     }
 

@@ -8,9 +8,9 @@
 //! bodies (`application/problem+json`).
 
 use crate::cache_aside::{ProfileError, Profiles, Source};
-use crate::config::Config;
-use crate::host::{Cache, Origin};
-use crate::rate_limit::{self, Decision};
+use crate::config::{CallerClass, Config, Route};
+use crate::host::{Cache, Clock, Origin};
+use crate::rate_limit::{self, Decision, Policy};
 use sha2::{Digest, Sha256};
 
 /// The header in which the host passes the client's address. The host sets it
@@ -24,9 +24,6 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The largest request body accepted (a profile is small).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The policy name reported in the `RateLimit` headers.
-const POLICY_NAME: &str = "default";
 
 /// An incoming request, as far as the function cares.
 pub struct Request {
@@ -105,15 +102,36 @@ impl Response {
 
 /// Who is calling: a digest of the API key when there is one, otherwise the
 /// client address the host reported.
-pub fn caller_key(request: &Request) -> String {
+pub fn caller(request: &Request) -> (String, CallerClass) {
     if let Some(api_key) = request.header(API_KEY_HEADER) {
         let digest = Sha256::digest(api_key.as_bytes());
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        return format!("key:{hex}");
+        return (format!("key:{hex}"), CallerClass::ApiKey);
     }
-    match request.header(CLIENT_IP_HEADER) {
+    let key = match request.header(CLIENT_IP_HEADER) {
         Some(ip) if ip.len() <= 64 => format!("ip:{ip}"),
         _ => "anonymous".into(),
+    };
+    (key, CallerClass::Anonymous)
+}
+
+/// The request's path without its query.
+fn path(request: &Request) -> &str {
+    request
+        .path
+        .split_once('?')
+        .map_or(request.path.as_str(), |(path, _)| path)
+}
+
+/// Which rate limit route a request falls under.
+fn route_of(request: &Request) -> Route {
+    let is_profile = path(request)
+        .strip_prefix("/profiles/")
+        .is_some_and(|id| !id.contains('/'));
+    match (is_profile, request.method.as_str()) {
+        (true, "GET") => Route::GetProfile,
+        (true, "PUT") => Route::PutProfile,
+        _ => Route::Other,
     }
 }
 
@@ -122,73 +140,63 @@ pub fn handle(
     request: &Request,
     cache: &impl Cache,
     origin: &impl Origin,
+    clock: &impl Clock,
     config: &Config,
-    now_ms: u64,
 ) -> Response {
-    let policy = config.rate_limit;
-    let decision = match rate_limit::check(cache, &caller_key(request), &policy, 1, now_ms) {
+    let (caller, class) = caller(request);
+    let policy = config.policy_for(route_of(request), class);
+    let decision = match rate_limit::check(cache, &caller, policy, 1, clock.now_ms()) {
         Ok(decision) => decision,
         Err(error) => {
             let detail = format!("the rate limit policy cannot be applied: {error:?}");
             return Response::problem(500, "misconfigured", "Misconfigured rate limit", &detail);
         }
     };
+    if let Some(why) = &decision.degraded {
+        eprintln!("edge-cache guest: rate limit decided without the cache ({why})");
+    }
     let response = if decision.allowed {
-        route(request, cache, origin, config)
+        route(request, cache, origin, clock, config)
     } else {
         let retry_after = decision.retry_after_ms.div_ceil(1000).max(1);
         let detail = format!(
-            "at most {} requests per {} s; retry in {retry_after} s",
-            policy.limit, policy.window_seconds
+            "the {:?} quota allows {} requests per {} s; retry in {retry_after} s",
+            policy.display_name(),
+            policy.limit,
+            policy.window_seconds
         );
         Response::problem(429, "quota-exceeded", "Too many requests", &detail)
             .with_header("retry-after", retry_after.to_string())
     };
-    with_rate_limit_headers(response, &decision, policy.window_seconds)
+    with_rate_limit_headers(response, &decision, policy)
 }
 
 /// The IETF `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-
 /// ratelimit-headers) and the widespread `X-RateLimit-*` ones.
-fn with_rate_limit_headers(
-    response: Response,
-    decision: &Decision,
-    window_seconds: u32,
-) -> Response {
+fn with_rate_limit_headers(response: Response, decision: &Decision, policy: &Policy) -> Response {
     let reset = decision.reset_after_ms.div_ceil(1000);
+    let name = policy.display_name();
     response
         .with_header(
             "ratelimit-policy",
-            format!("\"{POLICY_NAME}\";q={};w={window_seconds}", decision.limit),
+            format!("\"{name}\";q={};w={}", decision.limit, policy.window_seconds),
         )
-        .with_header(
-            "ratelimit",
-            format!("\"{POLICY_NAME}\";r={};t={reset}", decision.remaining),
-        )
+        .with_header("ratelimit", format!("\"{name}\";r={};t={reset}", decision.remaining))
         .with_header("x-ratelimit-limit", decision.limit.to_string())
         .with_header("x-ratelimit-remaining", decision.remaining.to_string())
         .with_header("x-ratelimit-reset", reset.to_string())
 }
 
-fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, config: &Config) -> Response {
-    let path = request
-        .path
-        .split_once('?')
-        .map_or(request.path.as_str(), |(path, _)| path);
-    let Some(id) = path
-        .strip_prefix("/profiles/")
-        .filter(|id| !id.contains('/'))
-    else {
-        return Response::problem(
-            404,
-            "not-found",
-            "Not found",
-            &format!("no route for {path}"),
-        );
+fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, clock: &impl Clock, config: &Config) -> Response {
+    let path = path(request);
+    let Some(id) = path.strip_prefix("/profiles/").filter(|id| !id.contains('/')) else {
+        return Response::problem(404, "not-found", "Not found", &format!("no route for {path}"));
     };
     let profiles = Profiles {
         cache,
         origin,
-        ttl_seconds: config.profile_ttl_seconds,
+        clock,
+        settings: config.profiles,
     };
     match request.method.as_str() {
         "GET" => match profiles.get(id) {
@@ -196,6 +204,7 @@ fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, config: &C
                 let x_cache = match lookup.source {
                     Source::Cache => "hit",
                     Source::Origin => "miss",
+                    Source::Stale => "stale",
                     Source::Bypass => "bypass",
                 };
                 Response::json(200, lookup.profile).with_header("x-cache", x_cache)
@@ -216,21 +225,11 @@ fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, config: &C
                     return Response::problem(413, "too-large", "Body too large", &detail);
                 }
                 Body::Broken => {
-                    return Response::problem(
-                        400,
-                        "incomplete-body",
-                        "Incomplete body",
-                        "the body ended early",
-                    );
+                    return Response::problem(400, "incomplete-body", "Incomplete body", "the body ended early");
                 }
             };
             let Ok(text) = std::str::from_utf8(body) else {
-                return Response::problem(
-                    400,
-                    "invalid-profile",
-                    "Invalid profile",
-                    "the body is not UTF-8",
-                );
+                return Response::problem(400, "invalid-profile", "Invalid profile", "the body is not UTF-8");
             };
             match profiles.update(id, text) {
                 Ok((stored, created)) => Response::json(if created { 201 } else { 200 }, stored),
@@ -249,15 +248,10 @@ fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, config: &C
 
 fn profile_error(error: ProfileError) -> Response {
     match error {
-        ProfileError::InvalidId(why) => {
-            Response::problem(400, "invalid-id", "Invalid profile id", &why)
-        }
-        ProfileError::InvalidProfile(why) => {
-            Response::problem(400, "invalid-profile", "Invalid profile", &why)
-        }
+        ProfileError::InvalidId(why) => Response::problem(400, "invalid-id", "Invalid profile id", &why),
+        ProfileError::InvalidProfile(why) => Response::problem(400, "invalid-profile", "Invalid profile", &why),
         ProfileError::OriginUnavailable(why) => {
-            Response::problem(503, "origin-unavailable", "Origin unavailable", &why)
-                .with_header("retry-after", "1")
+            Response::problem(503, "origin-unavailable", "Origin unavailable", &why).with_header("retry-after", "1")
         }
     }
 }
@@ -267,7 +261,6 @@ mod tests {
     use super::*;
     use crate::host::CacheError;
     use crate::host::memory::{MemoryCache, MemoryOrigin};
-    use crate::rate_limit::{Algorithm, Policy};
 
     const ALICE: &str = r#"{"id":"alice"}"#;
 
@@ -284,107 +277,70 @@ mod tests {
     }
 
     fn serve(cache: &MemoryCache, origin: &MemoryOrigin, request: &Request) -> Response {
-        handle(request, cache, origin, &Config::default(), 5_000)
+        handle(request, cache, origin, &cache.clock, &Config::default())
+    }
+
+    fn configured(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())).unwrap()
     }
 
     fn problem_type(response: &Response) -> String {
         let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-        assert_eq!(
-            response.header("content-type"),
-            Some("application/problem+json")
-        );
+        assert_eq!(response.header("content-type"), Some("application/problem+json"));
         assert_eq!(body["status"], response.status);
         body["type"].as_str().unwrap().to_owned()
     }
 
     #[test]
-    fn get_reports_miss_then_hit() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
+    fn get_reports_miss_hit_and_stale() {
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
         let get = request("GET", "/profiles/alice?fields=all", &[], "");
         let first = serve(&cache, &origin, &get);
         assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
         assert_eq!(first.body, ALICE.as_bytes());
         assert_eq!(first.header("content-type"), Some("application/json"));
-        let second = serve(&cache, &origin, &get);
-        assert_eq!(
-            (second.status, second.header("x-cache")),
-            (200, Some("hit"))
-        );
+        assert_eq!(serve(&cache, &origin, &get).header("x-cache"), Some("hit"));
+        // Past freshness, with a refresh under way elsewhere.
+        cache.clock.advance(600_000);
+        cache.set("profile:v1:alice:lock", b"1", Some(5), true).unwrap();
+        assert_eq!(serve(&cache, &origin, &get).header("x-cache"), Some("stale"));
     }
 
     #[test]
     fn errors_are_problems() {
         let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
         let cases = [
-            (
-                request("GET", "/profiles/nobody", &[], ""),
-                404,
-                "not-found",
-            ),
-            (
-                request("GET", "/profiles/bad%20id", &[], ""),
-                400,
-                "invalid-id",
-            ),
+            (request("GET", "/profiles/nobody", &[], ""), 404, "not-found"),
+            (request("GET", "/profiles/bad%20id", &[], ""), 400, "invalid-id"),
             (request("GET", "/profiles/", &[], ""), 400, "invalid-id"),
             (request("GET", "/elsewhere", &[], ""), 404, "not-found"),
             (request("GET", "/profiles/a/b", &[], ""), 404, "not-found"),
-            (
-                request("PUT", "/profiles/a", &[], "[]"),
-                400,
-                "invalid-profile",
-            ),
-            (
-                request("DELETE", "/profiles/a", &[], ""),
-                405,
-                "method-not-allowed",
-            ),
+            (request("PUT", "/profiles/a", &[], "[]"), 400, "invalid-profile"),
+            (request("DELETE", "/profiles/a", &[], ""), 405, "method-not-allowed"),
         ];
         for (request, status, kind) in cases {
             let response = serve(&cache, &origin, &request);
-            assert_eq!(
-                response.status, status,
-                "{} {}",
-                request.method, request.path
-            );
-            assert_eq!(
-                problem_type(&response),
-                format!("urn:edge-cache:problem:{kind}")
-            );
+            assert_eq!(response.status, status, "{} {}", request.method, request.path);
+            assert_eq!(problem_type(&response), format!("urn:edge-cache:problem:{kind}"));
         }
     }
 
     #[test]
-    fn put_creates_then_replaces_and_invalidates() {
+    fn put_creates_then_replaces_the_cached_copy() {
         let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
-        let created = serve(
-            &cache,
-            &origin,
-            &request("PUT", "/profiles/bob", &[], r#"{"v": 1}"#),
-        );
-        assert_eq!(
-            (created.status, created.body.as_slice()),
-            (201, &br#"{"v":1}"#[..])
-        );
-        serve(&cache, &origin, &request("GET", "/profiles/bob", &[], ""));
-        let replaced = serve(
-            &cache,
-            &origin,
-            &request("PUT", "/profiles/bob", &[], r#"{"v": 2}"#),
-        );
+        let created = serve(&cache, &origin, &request("PUT", "/profiles/bob", &[], r#"{"v": 1}"#));
+        assert_eq!((created.status, created.body.as_slice()), (201, &br#"{"v":1}"#[..]));
+        let replaced = serve(&cache, &origin, &request("PUT", "/profiles/bob", &[], r#"{"v": 2}"#));
         assert_eq!(replaced.status, 200);
         let read = serve(&cache, &origin, &request("GET", "/profiles/bob", &[], ""));
         assert_eq!(
             (read.header("x-cache"), read.body.as_slice()),
-            (Some("miss"), &br#"{"v":2}"#[..])
+            (Some("hit"), &br#"{"v":2}"#[..])
         );
     }
 
     #[test]
-    fn oversized_bodies_are_refused() {
+    fn bodies_that_are_too_large_or_broken_are_refused() {
         let (cache, origin) = (MemoryCache::default(), MemoryOrigin::default());
         let mut put = request("PUT", "/profiles/bob", &[], "");
         put.body = Body::TooLarge;
@@ -396,16 +352,10 @@ mod tests {
 
     #[test]
     fn the_61st_request_is_limited_with_headers() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
-        let get = request(
-            "GET",
-            "/profiles/alice",
-            &[(CLIENT_IP_HEADER, "10.0.0.1")],
-            "",
-        );
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
+        // 5 s into a 60 s window.
+        cache.clock.now.set(1_700_000_040_000 + 5_000);
+        let get = request("GET", "/profiles/alice", &[(CLIENT_IP_HEADER, "10.0.0.1")], "");
         for n in 1..=60 {
             let response = serve(&cache, &origin, &get);
             assert_eq!(response.status, 200, "request {n}");
@@ -413,28 +363,44 @@ mod tests {
                 response.header("x-ratelimit-remaining"),
                 Some((60 - n).to_string().as_str())
             );
+            assert_eq!(
+                response.header("ratelimit"),
+                Some(format!("\"default\";r={};t=55", 60 - n).as_str())
+            );
         }
         let limited = serve(&cache, &origin, &get);
         assert_eq!(limited.status, 429);
-        assert_eq!(
-            problem_type(&limited),
-            "urn:edge-cache:problem:quota-exceeded"
-        );
-        // now = 5 s into a 60 s window.
+        assert_eq!(problem_type(&limited), "urn:edge-cache:problem:quota-exceeded");
         assert_eq!(limited.header("retry-after"), Some("55"));
-        assert_eq!(
-            limited.header("ratelimit-policy"),
-            Some("\"default\";q=60;w=60")
-        );
+        assert_eq!(limited.header("ratelimit-policy"), Some("\"default\";q=60;w=60"));
         assert_eq!(limited.header("ratelimit"), Some("\"default\";r=0;t=55"));
-        // Another caller is unaffected.
-        let other = request(
-            "GET",
-            "/profiles/alice",
-            &[(CLIENT_IP_HEADER, "10.0.0.2")],
-            "",
-        );
+        assert_eq!(limited.header("x-ratelimit-limit"), Some("60"));
+        assert_eq!(limited.header("x-ratelimit-reset"), Some("55"));
+        let other = request("GET", "/profiles/alice", &[(CLIENT_IP_HEADER, "10.0.0.2")], "");
         assert_eq!(serve(&cache, &origin, &other).status, 200);
+    }
+
+    #[test]
+    fn policies_follow_route_and_caller_class() {
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
+        let config = configured(&[(
+            "RATE_LIMITS",
+            "*/*=fixed-window:1/1h; */api-key=gcra:5/1h,burst=2; put-profile/*=fixed-window:3/1h",
+        )]);
+        let serve = |request: &Request| handle(request, &cache, &origin, &cache.clock, &config);
+        let anonymous = request("GET", "/profiles/alice", &[], "");
+        assert_eq!(serve(&anonymous).status, 200);
+        assert_eq!(serve(&anonymous).status, 429);
+        let keyed = request("GET", "/profiles/alice", &[(API_KEY_HEADER, "k1")], "");
+        let first = serve(&keyed);
+        assert_eq!(first.header("ratelimit-policy"), Some("\"api-key\";q=5;w=3600"));
+        assert_eq!(serve(&keyed).status, 200);
+        assert_eq!(serve(&keyed).status, 429, "the burst of 2 is spent");
+        let put = request("PUT", "/profiles/alice", &[], "{}");
+        assert_eq!(
+            serve(&put).header("ratelimit-policy"),
+            Some("\"put-profile\";q=3;w=3600")
+        );
     }
 
     #[test]
@@ -445,28 +411,35 @@ mod tests {
             &[("X-Api-Key", "s3cret"), (CLIENT_IP_HEADER, "10.0.0.1")],
             "",
         );
-        let key = caller_key(&keyed);
+        let (key, class) = caller(&keyed);
         assert!(key.starts_with("key:") && !key.contains("s3cret"), "{key}");
-        assert_eq!(key.len(), 4 + 32);
-        assert_eq!(
-            caller_key(&request("GET", "/", &[(CLIENT_IP_HEADER, "10.0.0.1")], "")),
-            "ip:10.0.0.1"
-        );
-        assert_eq!(caller_key(&request("GET", "/", &[], "")), "anonymous");
+        assert_eq!((key.len(), class), (4 + 32, CallerClass::ApiKey));
+        let by_ip = caller(&request("GET", "/", &[(CLIENT_IP_HEADER, "10.0.0.1")], ""));
+        assert_eq!(by_ip, ("ip:10.0.0.1".to_owned(), CallerClass::Anonymous));
+        assert_eq!(caller(&request("GET", "/", &[], "")).0, "anonymous");
     }
 
     #[test]
     fn a_cache_outage_still_answers() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
         *cache.failure.borrow_mut() = Some(CacheError::Unavailable("refused".into()));
         let response = serve(&cache, &origin, &request("GET", "/profiles/alice", &[], ""));
-        assert_eq!(
-            (response.status, response.header("x-cache")),
-            (200, Some("bypass"))
+        assert_eq!((response.status, response.header("x-cache")), (200, Some("bypass")));
+    }
+
+    #[test]
+    fn a_cache_outage_with_a_fail_closed_policy_refuses() {
+        let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
+        *cache.failure.borrow_mut() = Some(CacheError::Timeout);
+        let config = configured(&[("RATE_LIMITS", "*/*=fixed-window:10/1m,fail=closed")]);
+        let response = handle(
+            &request("GET", "/profiles/alice", &[], ""),
+            &cache,
+            &origin,
+            &cache.clock,
+            &config,
         );
+        assert_eq!((response.status, response.header("retry-after")), (429, Some("1")));
     }
 
     #[test]
@@ -475,28 +448,5 @@ mod tests {
         origin.down.set(true);
         let response = serve(&cache, &origin, &request("GET", "/profiles/alice", &[], ""));
         assert_eq!(response.status, 503);
-    }
-
-    #[test]
-    fn configured_policy_applies() {
-        let (cache, origin) = (
-            MemoryCache::default(),
-            MemoryOrigin::with(&[("alice", ALICE)]),
-        );
-        let config = Config {
-            rate_limit: Policy {
-                algorithm: Algorithm::FixedWindow,
-                limit: 1,
-                window_seconds: 2,
-            },
-            ..Config::default()
-        };
-        let get = request("GET", "/profiles/alice", &[], "");
-        assert_eq!(handle(&get, &cache, &origin, &config, 0).status, 200);
-        let limited = handle(&get, &cache, &origin, &config, 1_500);
-        assert_eq!(
-            (limited.status, limited.header("retry-after")),
-            (429, Some("1"))
-        );
     }
 }

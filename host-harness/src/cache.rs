@@ -1,7 +1,7 @@
 //! The cache as the guest sees it: its own namespace, size limits, typed
 //! errors, and a trace event per operation.
 
-use crate::backend::{Backend, CacheError, CasOutcome, Ttl};
+use crate::backend::{Backend, BoundedIncr, CacheError, CasOutcome, Ttl};
 use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
@@ -43,11 +43,7 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(
-        backend: Backend,
-        namespace: &str,
-        limits: Limits,
-    ) -> Result<Self, InvalidNamespace> {
+    pub fn new(backend: Backend, namespace: &str, limits: Limits) -> Result<Self, InvalidNamespace> {
         // No ':' (it separates the prefix), and no braces: a brace would
         // turn the prefix into a Redis Cluster hash tag.
         let valid = !namespace.is_empty()
@@ -194,6 +190,24 @@ impl Cache {
         result
     }
 
+    pub async fn incr_by_bounded(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_if_new: u64,
+        max: i64,
+    ) -> Result<BoundedIncr, CacheError> {
+        let started = Instant::now();
+        let result = async {
+            self.backend
+                .incr_by_bounded(&self.full_key(key)?, delta, Self::positive_ttl(ttl_if_new)?, max)
+                .await
+        }
+        .await;
+        trace("incr-by-bounded", key, started, &result, None);
+        result
+    }
+
     pub async fn compare_and_swap(
         &self,
         key: &str,
@@ -206,9 +220,7 @@ impl Cache {
             let full = self.full_key(key)?;
             self.check_value(new)?;
             let ttl = ttl.map(Self::positive_ttl).transpose()?;
-            self.backend
-                .compare_and_swap(&full, expected, new, ttl)
-                .await
+            self.backend.compare_and_swap(&full, expected, new, ttl).await
         }
         .await;
         trace("compare-and-swap", key, started, &result, None);
@@ -217,13 +229,7 @@ impl Cache {
 }
 
 /// One event per operation: the key as the guest named it, never the value.
-fn trace<T>(
-    op: &'static str,
-    key: &str,
-    started: Instant,
-    result: &Result<T, CacheError>,
-    hit: Option<bool>,
-) {
+fn trace<T>(op: &'static str, key: &str, started: Instant, result: &Result<T, CacheError>, hit: Option<bool>) {
     let micros = started.elapsed().as_micros() as u64;
     match result {
         Ok(_) => tracing::debug!(target: "edge_cache::cache", op, key, hit, micros, outcome = "ok"),

@@ -78,12 +78,7 @@ impl cache::Host for EdgeCtx {
         Ok(self.cache.get_many(&keys).await?)
     }
 
-    async fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        options: cache::SetOptions,
-    ) -> Result<bool, cache::Error> {
+    async fn set(&mut self, key: String, value: Vec<u8>, options: cache::SetOptions) -> Result<bool, cache::Error> {
         Ok(self
             .cache
             .set(&key, &value, options.ttl_seconds, options.only_if_absent)
@@ -110,13 +105,22 @@ impl cache::Host for EdgeCtx {
         })
     }
 
-    async fn incr_by(
+    async fn incr_by(&mut self, key: String, delta: i64, ttl_if_new: u64) -> Result<i64, cache::Error> {
+        Ok(self.cache.incr_by(&key, delta, ttl_if_new).await?)
+    }
+
+    async fn incr_by_bounded(
         &mut self,
         key: String,
         delta: i64,
         ttl_if_new: u64,
-    ) -> Result<i64, cache::Error> {
-        Ok(self.cache.incr_by(&key, delta, ttl_if_new).await?)
+        max: i64,
+    ) -> Result<cache::BoundedIncr, cache::Error> {
+        let outcome = self.cache.incr_by_bounded(&key, delta, ttl_if_new, max).await?;
+        Ok(cache::BoundedIncr {
+            applied: outcome.applied,
+            value: outcome.value,
+        })
     }
 
     async fn compare_and_swap(

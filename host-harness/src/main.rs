@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use edge_cache_guest::config as guest;
 use edge_cache_harness::backend::redis::{RedisConfig, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::origin::OriginConfig;
@@ -73,17 +74,38 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_ORIGIN_LATENCY_MS", default_value_t = 0)]
     origin_latency_ms: u64,
 
-    /// Lifetime of a cached profile, in seconds (guest: PROFILE_TTL_SECONDS).
-    #[arg(long, env = "PROFILE_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    /// How long a cached profile is fresh, in seconds.
+    #[arg(long, env = guest::PROFILE_TTL_SECONDS, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     profile_ttl: u64,
 
-    /// Requests allowed per caller and window (guest: RATE_LIMIT_REQUESTS).
-    #[arg(long, env = "RATE_LIMIT_REQUESTS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    /// How long past freshness a profile may be served while one request
+    /// refreshes it, in seconds.
+    #[arg(long, env = guest::PROFILE_STALE_SECONDS, default_value_t = 60)]
+    profile_stale: u64,
+
+    /// How long an unknown profile id is remembered as absent, in seconds.
+    #[arg(long, env = guest::PROFILE_NEGATIVE_TTL_SECONDS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    profile_negative_ttl: u64,
+
+    /// How long a request that missed waits for another's fill, in milliseconds.
+    #[arg(long, env = guest::PROFILE_FILL_WAIT_MS, default_value_t = 1000)]
+    profile_fill_wait_ms: u64,
+
+    /// Requests allowed per caller and window by the default policy.
+    #[arg(long, env = guest::RATE_LIMIT_REQUESTS, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_requests: u32,
 
-    /// Rate limit window, in seconds (guest: RATE_LIMIT_WINDOW_SECONDS).
-    #[arg(long, env = "RATE_LIMIT_WINDOW_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    /// The default policy's window, in seconds.
+    #[arg(long, env = guest::RATE_LIMIT_WINDOW_SECONDS, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_window: u32,
+
+    /// Policies per route and caller class, `;`-separated rules of the form
+    /// ROUTE/CLASS=ALGORITHM:LIMIT/WINDOW[,burst=N][,fail=open|closed], e.g.
+    /// "*/api-key=sliding-window:600/1m; put-profile/*=gcra:10/1m,burst=3".
+    /// ROUTE: get-profile, put-profile or *; CLASS: api-key, anonymous or *;
+    /// ALGORITHM: fixed-window, sliding-window or gcra.
+    #[arg(long, env = guest::RATE_LIMITS)]
+    rate_limits: Option<String>,
 
     /// Log format.
     #[arg(long, env = "EDGE_CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
@@ -100,9 +122,7 @@ enum LogFormat {
 /// 1024, as in Redis' `maxmemory`).
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()
@@ -121,6 +141,25 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 impl ServeArgs {
+    /// The guest's settings, passed as its WASI environment.
+    fn guest_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (guest::PROFILE_TTL_SECONDS, self.profile_ttl.to_string()),
+            (guest::PROFILE_STALE_SECONDS, self.profile_stale.to_string()),
+            (
+                guest::PROFILE_NEGATIVE_TTL_SECONDS,
+                self.profile_negative_ttl.to_string(),
+            ),
+            (guest::PROFILE_FILL_WAIT_MS, self.profile_fill_wait_ms.to_string()),
+            (guest::RATE_LIMIT_REQUESTS, self.rate_limit_requests.to_string()),
+            (guest::RATE_LIMIT_WINDOW_SECONDS, self.rate_limit_window.to_string()),
+        ];
+        if let Some(rules) = &self.rate_limits {
+            env.push((guest::RATE_LIMITS, rules.clone()));
+        }
+        env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
+    }
+
     fn harness_config(&self) -> HarnessConfig {
         let backend = match &self.redis_url {
             Some(url) => BackendConfig::Redis(RedisConfig {
@@ -142,17 +181,7 @@ impl ServeArgs {
                 database: self.origin_db.clone(),
                 latency: Duration::from_millis(self.origin_latency_ms),
             },
-            guest_env: vec![
-                ("PROFILE_TTL_SECONDS".into(), self.profile_ttl.to_string()),
-                (
-                    "RATE_LIMIT_REQUESTS".into(),
-                    self.rate_limit_requests.to_string(),
-                ),
-                (
-                    "RATE_LIMIT_WINDOW_SECONDS".into(),
-                    self.rate_limit_window.to_string(),
-                ),
-            ],
+            guest_env: self.guest_env(),
         }
     }
 }
@@ -163,23 +192,15 @@ async fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
         LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
 
     let config = args.harness_config();
     let store = match &args.redis_url {
         Some(url) => format!("Redis at {}", redact_url(url)),
-        None => format!(
-            "the embedded cache (at most {} KiB)",
-            args.max_memory / 1024
-        ),
+        None => format!("the embedded cache (at most {} KiB)", args.max_memory / 1024),
     };
-    let harness = Harness::start(&config)
-        .await
-        .context("edge-cache could not start")?;
+    let harness = Harness::start(&config).await.context("edge-cache could not start")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

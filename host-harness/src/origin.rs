@@ -18,10 +18,7 @@ pub const DEMO_PROFILES: &[(&str, &str)] = &[
         "alice",
         r#"{"id":"alice","name":"Alice Liddell","plan":"pro","country":"GB"}"#,
     ),
-    (
-        "bob",
-        r#"{"id":"bob","name":"Bob Dobbs","plan":"free","country":"US"}"#,
-    ),
+    ("bob", r#"{"id":"bob","name":"Bob Dobbs","plan":"free","country":"US"}"#),
     (
         "carol",
         r#"{"id":"carol","name":"Carol Danvers","plan":"team","country":"US"}"#,
@@ -65,9 +62,7 @@ impl Origin {
             Some(path) => Connection::open(path)?,
             None => Connection::open_in_memory()?,
         };
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS profiles (id TEXT PRIMARY KEY, profile TEXT NOT NULL)",
-        )?;
+        db.execute_batch("CREATE TABLE IF NOT EXISTS profiles (id TEXT PRIMARY KEY, profile TEXT NOT NULL)")?;
         let count: i64 = db.query_row("SELECT COUNT(*) FROM profiles", [], |row| row.get(0))?;
         if count == 0 {
             for (id, profile) in DEMO_PROFILES {
@@ -96,9 +91,7 @@ impl Origin {
         let id = id.to_owned();
         self.blocking(move |db| {
             Ok(db
-                .query_row("SELECT profile FROM profiles WHERE id = ?1", [id], |row| {
-                    row.get(0)
-                })
+                .query_row("SELECT profile FROM profiles WHERE id = ?1", [id], |row| row.get(0))
                 .optional()?)
         })
         .await
@@ -106,12 +99,10 @@ impl Origin {
 
     /// Stores `profile` (a JSON object) under `id`; true when it was new.
     pub async fn update(&self, id: &str, profile: &str) -> Result<bool, OriginError> {
-        let value: serde_json::Value = serde_json::from_str(profile)
-            .map_err(|e| OriginError::InvalidProfile(format!("not valid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(profile).map_err(|e| OriginError::InvalidProfile(format!("not valid JSON: {e}")))?;
         if !value.is_object() {
-            return Err(OriginError::InvalidProfile(
-                "a profile must be a JSON object".into(),
-            ));
+            return Err(OriginError::InvalidProfile("a profile must be a JSON object".into()));
         }
         let (id, profile) = (id.to_owned(), profile.to_owned());
         self.blocking(move |db| {
@@ -140,10 +131,7 @@ impl Origin {
         }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut db = inner
-                .db
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut db = inner.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             call(&mut db)
         })
         .await

@@ -101,6 +101,8 @@ pub enum StartupError {
     Namespace(#[from] InvalidNamespace),
     #[error("cannot open the profile origin: {0}")]
     Origin(#[from] OriginError),
+    #[error("invalid edge function setting: {0}")]
+    GuestConfig(String),
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
 }
@@ -121,10 +123,16 @@ impl Harness {
     }
 
     /// Starts with an already compiled component (tests share one compile).
-    pub async fn with_component(
-        config: &HarnessConfig,
-        component: &Component,
-    ) -> Result<Self, StartupError> {
+    pub async fn with_component(config: &HarnessConfig, component: &Component) -> Result<Self, StartupError> {
+        // The guest would answer every request with this error; say it now.
+        edge_cache_guest::config::Config::from_vars(|name| {
+            config
+                .guest_env
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        })
+        .map_err(StartupError::GuestConfig)?;
         let backend = config.backend.connect().await?;
         let cache = Cache::new(backend, &config.namespace, config.limits)?;
         let origin = Origin::open(&config.origin)?;
@@ -133,24 +141,23 @@ impl Harness {
         let mut linker = Linker::<EdgeState>::new(component.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
         // Only the HTTP types: the guest serves requests but sends none.
-        wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<
-            _,
-            wasmtime_wasi_http::WasiHttp,
-        >(&mut linker, &Default::default(), EdgeState::http)
+        wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<_, wasmtime_wasi_http::WasiHttp>(
+            &mut linker,
+            &Default::default(),
+            EdgeState::http,
+        )
         .map_err(engine_error)?;
         host::add_to_linker(&mut linker, |state| &mut state.edge).map_err(engine_error)?;
-        let instance_pre =
-            linker
-                .instantiate_pre(component)
-                .map_err(|e| StartupError::ComponentInvalid {
-                    path: PathBuf::from("<component>"),
-                    reason: format!("{e:#}"),
-                })?;
-        let pre =
-            EdgeFunctionPre::new(instance_pre).map_err(|e| StartupError::ComponentInvalid {
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| StartupError::ComponentInvalid {
                 path: PathBuf::from("<component>"),
-                reason: format!("it does not export the edge-function world: {e:#}"),
+                reason: format!("{e:#}"),
             })?;
+        let pre = EdgeFunctionPre::new(instance_pre).map_err(|e| StartupError::ComponentInvalid {
+            path: PathBuf::from("<component>"),
+            reason: format!("it does not export the edge-function world: {e:#}"),
+        })?;
         Ok(Self {
             pre,
             edge: EdgeCtx { cache, origin },
@@ -167,10 +174,7 @@ impl Harness {
     }
 
     fn new_store(&self) -> Store<EdgeState> {
-        let wasi = WasiCtx::builder()
-            .inherit_stderr()
-            .envs(&self.guest_env)
-            .build();
+        let wasi = WasiCtx::builder().inherit_stderr().envs(&self.guest_env).build();
         let state = EdgeState {
             wasi,
             http: WasiHttpCtx::new(),
@@ -194,8 +198,7 @@ impl Harness {
         mut request: hyper::Request<Incoming>,
         client: IpAddr,
     ) -> hyper::Response<HyperOutgoingBody> {
-        let client_ip = HeaderValue::from_str(&client.to_string())
-            .expect("an IP address is a valid header value");
+        let client_ip = HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
         request.headers_mut().insert(CLIENT_IP_HEADER, client_ip);
         match self.run_guest(request).await {
             Ok(response) => response,
@@ -217,10 +220,7 @@ impl Harness {
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
         let mut store = self.new_store();
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let request = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, request)?;
+        let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let response_out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.pre.clone();
         // The guest keeps running after it hands over the response head, to
@@ -234,13 +234,9 @@ impl Harness {
         });
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(wasmtime::format_err!(
-                "the guest answered with an error code: {code:?}"
-            )),
+            Ok(Err(code)) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
             Err(_) => match guest.await {
-                Ok(Ok(())) => Err(wasmtime::format_err!(
-                    "the guest returned without sending a response"
-                )),
+                Ok(Ok(())) => Err(wasmtime::format_err!("the guest returned without sending a response")),
                 Ok(Err(error)) => Err(error),
                 Err(join) => Err(wasmtime::format_err!("the guest task failed: {join}")),
             },
@@ -268,9 +264,7 @@ impl Harness {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let harness = harness.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(harness.handle(request, peer.ip()).await)
-                    }
+                    async move { Ok::<_, std::convert::Infallible>(harness.handle(request, peer.ip()).await) }
                 });
                 if let Err(error) = http1::Builder::new()
                     .keep_alive(true)
@@ -295,12 +289,7 @@ fn load_component(engine: &Engine, path: &PathBuf) -> Result<Component, StartupE
 }
 
 /// An RFC 9457 problem response made by the harness itself.
-fn problem(
-    status: u16,
-    kind: &str,
-    title: &str,
-    detail: &str,
-) -> hyper::Response<HyperOutgoingBody> {
+fn problem(status: u16, kind: &str, title: &str, detail: &str) -> hyper::Response<HyperOutgoingBody> {
     let body = serde_json::json!({
         "type": format!("urn:edge-cache:problem:{kind}"),
         "title": title,
@@ -311,11 +300,9 @@ fn problem(
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = hyper::Response::new(body);
-    *response.status_mut() =
-        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }

@@ -104,31 +104,29 @@ fn interfaces_match_the_published_wit() {
         let published_interface = published
             .interfaces
             .iter()
-            .find(|(published_id, _)| {
-                published.id_of(*published_id).as_deref() == Some(name.as_str())
-            })
+            .find(|(published_id, _)| published.id_of(*published_id).as_deref() == Some(name.as_str()))
             .map(|(_, interface)| interface)
             .unwrap_or_else(|| panic!("{name} is not in wit/"));
-        let signature =
-            |resolve: &Resolve, interface: &wit_parser::Interface| -> BTreeSet<String> {
-                let functions = interface.functions.values().map(|function| {
-                    let params: Vec<String> = function
-                        .params
-                        .iter()
-                        .map(|param| format!("{}: {}", param.name, describe(resolve, &param.ty)))
-                        .collect();
-                    let result = function
-                        .result
-                        .as_ref()
-                        .map(|ty| describe(resolve, ty))
-                        .unwrap_or_default();
-                    format!("func {}({}) -> {result}", function.name, params.join(", "))
-                });
-                let types = interface.types.iter().map(|(name, ty)| {
-                    format!("type {name} = {}", shape(resolve, &resolve.types[*ty].kind))
-                });
-                functions.chain(types).collect()
-            };
+        let signature = |resolve: &Resolve, interface: &wit_parser::Interface| -> BTreeSet<String> {
+            let functions = interface.functions.values().map(|function| {
+                let params: Vec<String> = function
+                    .params
+                    .iter()
+                    .map(|param| format!("{}: {}", param.name, describe(resolve, &param.ty)))
+                    .collect();
+                let result = function
+                    .result
+                    .as_ref()
+                    .map(|ty| describe(resolve, ty))
+                    .unwrap_or_default();
+                format!("func {}({}) -> {result}", function.name, params.join(", "))
+            });
+            let types = interface
+                .types
+                .iter()
+                .map(|(name, ty)| format!("type {name} = {}", shape(resolve, &resolve.types[*ty].kind)));
+            functions.chain(types).collect()
+        };
         let (carried, expected) = (
             signature(&built, built_interface),
             signature(&published, published_interface),
@@ -153,9 +151,7 @@ fn describe(resolve: &Resolve, ty: &Type) -> String {
     match ty {
         Type::Id(id) => {
             let def = &resolve.types[*id];
-            def.name
-                .clone()
-                .unwrap_or_else(|| shape(resolve, &def.kind))
+            def.name.clone().unwrap_or_else(|| shape(resolve, &def.kind))
         }
         other => format!("{other:?}").to_lowercase(),
     }
@@ -164,10 +160,7 @@ fn describe(resolve: &Resolve, ty: &Type) -> String {
 /// The structure of a type definition (docs and arena ids left out, since
 /// they differ between two `Resolve`s while the contract does not).
 fn shape(resolve: &Resolve, kind: &TypeDefKind) -> String {
-    let optional = |ty: &Option<Type>| {
-        ty.as_ref()
-            .map_or("_".to_owned(), |ty| describe(resolve, ty))
-    };
+    let optional = |ty: &Option<Type>| ty.as_ref().map_or("_".to_owned(), |ty| describe(resolve, ty));
     match kind {
         TypeDefKind::Record(record) => {
             let fields: Vec<_> = record
@@ -186,19 +179,11 @@ fn shape(resolve: &Resolve, kind: &TypeDefKind) -> String {
             format!("variant {{ {} }}", cases.join(", "))
         }
         TypeDefKind::Enum(enumeration) => {
-            let cases: Vec<_> = enumeration
-                .cases
-                .iter()
-                .map(|case| case.name.as_str())
-                .collect();
+            let cases: Vec<_> = enumeration.cases.iter().map(|case| case.name.as_str()).collect();
             format!("enum {{ {} }}", cases.join(", "))
         }
         TypeDefKind::Option(ty) => format!("option<{}>", describe(resolve, ty)),
-        TypeDefKind::Result(result) => format!(
-            "result<{}, {}>",
-            optional(&result.ok),
-            optional(&result.err)
-        ),
+        TypeDefKind::Result(result) => format!("result<{}, {}>", optional(&result.ok), optional(&result.err)),
         TypeDefKind::List(ty) => format!("list<{}>", describe(resolve, ty)),
         TypeDefKind::Tuple(tuple) => {
             let types: Vec<_> = tuple.types.iter().map(|ty| describe(resolve, ty)).collect();

@@ -18,11 +18,7 @@ struct Subject {
 impl Subject {
     async fn redis() -> Self {
         let server = RedisServer::start();
-        let backend = server
-            .backend()
-            .connect()
-            .await
-            .expect("connect to the test server");
+        let backend = server.backend().connect().await.expect("connect to the test server");
         Self {
             cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
             _server: Some(server),
@@ -44,26 +40,15 @@ fn keys(names: &[&str]) -> Vec<String> {
 
 async fn get_set_delete(cache: &Cache) {
     assert_eq!(cache.get("k").await.unwrap(), None);
-    assert!(
-        cache
-            .set("k", b"\x00binary\xff", None, false)
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        cache.get("k").await.unwrap().as_deref(),
-        Some(&b"\x00binary\xff"[..])
-    );
+    assert!(cache.set("k", b"\x00binary\xff", None, false).await.unwrap());
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"\x00binary\xff"[..]));
     assert!(cache.exists("k").await.unwrap());
     assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Persistent);
     // Overwriting replaces the value; an empty value is a value.
     assert!(cache.set("k", b"", None, false).await.unwrap());
     assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b""[..]));
     cache.set("other", b"x", None, false).await.unwrap();
-    assert_eq!(
-        cache.delete(&keys(&["k", "other", "never"])).await.unwrap(),
-        2
-    );
+    assert_eq!(cache.delete(&keys(&["k", "other", "never"])).await.unwrap(), 2);
     assert_eq!(cache.delete(&[]).await.unwrap(), 0);
     assert!(!cache.exists("k").await.unwrap());
     assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Missing);
@@ -72,18 +57,12 @@ async fn get_set_delete(cache: &Cache) {
 async fn only_if_absent(cache: &Cache) {
     assert!(cache.set("nx", b"first", Some(60), true).await.unwrap());
     assert!(!cache.set("nx", b"second", Some(60), true).await.unwrap());
-    assert_eq!(
-        cache.get("nx").await.unwrap().as_deref(),
-        Some(&b"first"[..])
-    );
+    assert_eq!(cache.get("nx").await.unwrap().as_deref(), Some(&b"first"[..]));
 }
 
 async fn ttl_and_expiry(cache: &Cache) {
     cache.set("t", b"v", Some(100), false).await.unwrap();
-    assert!(matches!(
-        cache.ttl("t").await.unwrap(),
-        Ttl::ExpiresIn(99..=100)
-    ));
+    assert!(matches!(cache.ttl("t").await.unwrap(), Ttl::ExpiresIn(99..=100)));
     // A plain set without TTL makes the key persistent again, as in Redis.
     cache.set("t", b"v", None, false).await.unwrap();
     assert_eq!(cache.ttl("t").await.unwrap(), Ttl::Persistent);
@@ -101,44 +80,26 @@ async fn get_many(cache: &Cache) {
     cache.set("c", b"3", None, false).await.unwrap();
     let values = cache.get_many(&keys(&["a", "b", "c"])).await.unwrap();
     assert_eq!(values, vec![Some(b"1".to_vec()), None, Some(b"3".to_vec())]);
-    assert_eq!(
-        cache.get_many(&[]).await.unwrap(),
-        Vec::<Option<Vec<u8>>>::new()
-    );
+    assert_eq!(cache.get_many(&[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
 }
 
 async fn counters(cache: &Cache) {
     assert_eq!(cache.incr_by("n", 5, 60).await.unwrap(), 5);
     assert_eq!(cache.incr_by("n", -2, 60).await.unwrap(), 3);
-    assert!(matches!(
-        cache.ttl("n").await.unwrap(),
-        Ttl::ExpiresIn(59..=60)
-    ));
+    assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(59..=60)));
     assert_eq!(cache.get("n").await.unwrap().as_deref(), Some(&b"3"[..]));
     // A counter without expiry gets one: it can never outlive its window.
     cache.set("forever", b"10", None, false).await.unwrap();
     assert_eq!(cache.incr_by("forever", 1, 30).await.unwrap(), 11);
-    assert!(matches!(
-        cache.ttl("forever").await.unwrap(),
-        Ttl::ExpiresIn(29..=30)
-    ));
+    assert!(matches!(cache.ttl("forever").await.unwrap(), Ttl::ExpiresIn(29..=30)));
     // An existing expiry is kept, not extended.
     cache.expire("n", 5).await.unwrap();
     cache.incr_by("n", 1, 60).await.unwrap();
-    assert!(matches!(
-        cache.ttl("n").await.unwrap(),
-        Ttl::ExpiresIn(4..=5)
-    ));
+    assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(4..=5)));
     // Not a number.
     cache.set("text", b"abc", None, false).await.unwrap();
-    assert_eq!(
-        cache.incr_by("text", 1, 60).await,
-        Err(CacheError::WrongType)
-    );
-    assert_eq!(
-        cache.get("text").await.unwrap().as_deref(),
-        Some(&b"abc"[..])
-    );
+    assert_eq!(cache.incr_by("text", 1, 60).await, Err(CacheError::WrongType));
+    assert_eq!(cache.get("text").await.unwrap().as_deref(), Some(&b"abc"[..]));
     // Overflow is refused and changes nothing.
     cache
         .set("big", i64::MAX.to_string().as_bytes(), None, false)
@@ -148,10 +109,54 @@ async fn counters(cache: &Cache) {
         cache.incr_by("big", 1, 60).await,
         Err(CacheError::InvalidArgument(_))
     ));
+    assert_eq!(cache.get("big").await.unwrap(), Some(i64::MAX.to_string().into_bytes()));
+}
+
+async fn bounded_counters(cache: &Cache) {
+    let first = cache.incr_by_bounded("b", 3, 60, 5).await.unwrap();
+    assert_eq!((first.applied, first.value), (true, 3));
+    assert!(matches!(cache.ttl("b").await.unwrap(), Ttl::ExpiresIn(59..=60)));
+    let refused = cache.incr_by_bounded("b", 3, 60, 5).await.unwrap();
     assert_eq!(
-        cache.get("big").await.unwrap(),
-        Some(i64::MAX.to_string().into_bytes())
+        (refused.applied, refused.value),
+        (false, 3),
+        "past the bound nothing changes"
     );
+    let fits = cache.incr_by_bounded("b", 2, 60, 5).await.unwrap();
+    assert_eq!((fits.applied, fits.value), (true, 5));
+    // A missing key counts as 0; a negative bound refuses even that.
+    let negative = cache.incr_by_bounded("fresh", 1, 60, 0).await.unwrap();
+    assert_eq!((negative.applied, negative.value), (false, 0));
+    assert!(
+        !cache.exists("fresh").await.unwrap(),
+        "a refused increment creates nothing"
+    );
+    cache.set("text", b"abc", None, false).await.unwrap();
+    assert_eq!(
+        cache.incr_by_bounded("text", 1, 60, 10).await,
+        Err(CacheError::WrongType)
+    );
+    cache.set("persistent", b"1", None, false).await.unwrap();
+    cache.incr_by_bounded("persistent", 1, 30, 10).await.unwrap();
+    assert!(matches!(
+        cache.ttl("persistent").await.unwrap(),
+        Ttl::ExpiresIn(29..=30)
+    ));
+}
+
+async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Cache) {
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.incr_by_bounded("race", 1, 60, 25).await.unwrap().applied })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        applied += usize::from(task.await.unwrap());
+    }
+    assert_eq!(applied, 25);
+    assert_eq!(cache.get("race").await.unwrap().as_deref(), Some(&b"25"[..]));
 }
 
 async fn concurrent_counters_are_atomic(cache: &Cache) {
@@ -175,21 +180,12 @@ async fn concurrent_counters_are_atomic(cache: &Cache) {
 
 async fn compare_and_swap(cache: &Cache) {
     assert_eq!(
-        cache
-            .compare_and_swap("cas", None, b"v1", Some(60))
-            .await
-            .unwrap(),
+        cache.compare_and_swap("cas", None, b"v1", Some(60)).await.unwrap(),
         CasOutcome::Swapped
     );
-    assert!(matches!(
-        cache.ttl("cas").await.unwrap(),
-        Ttl::ExpiresIn(59..=60)
-    ));
+    assert!(matches!(cache.ttl("cas").await.unwrap(), Ttl::ExpiresIn(59..=60)));
     assert_eq!(
-        cache
-            .compare_and_swap("cas", None, b"v2", None)
-            .await
-            .unwrap(),
+        cache.compare_and_swap("cas", None, b"v2", None).await.unwrap(),
         CasOutcome::Conflict(Some(b"v1".to_vec()))
     );
     assert_eq!(
@@ -200,10 +196,7 @@ async fn compare_and_swap(cache: &Cache) {
         CasOutcome::Conflict(Some(b"v1".to_vec()))
     );
     assert_eq!(
-        cache
-            .compare_and_swap("cas", Some(b"v1"), b"v2", None)
-            .await
-            .unwrap(),
+        cache.compare_and_swap("cas", Some(b"v1"), b"v2", None).await.unwrap(),
         CasOutcome::Swapped
     );
     assert_eq!(cache.get("cas").await.unwrap().as_deref(), Some(&b"v2"[..]));
@@ -219,18 +212,12 @@ async fn compare_and_swap(cache: &Cache) {
 }
 
 async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
-    assert!(matches!(
-        cache.get("").await,
-        Err(CacheError::InvalidKey(_))
-    ));
+    assert!(matches!(cache.get("").await, Err(CacheError::InvalidKey(_))));
     assert!(matches!(
         cache.set(&"k".repeat(513), b"v", None, false).await,
         Err(CacheError::InvalidKey(_))
     ));
-    assert!(matches!(
-        cache.get("line\nbreak").await,
-        Err(CacheError::InvalidKey(_))
-    ));
+    assert!(matches!(cache.get("line\nbreak").await, Err(CacheError::InvalidKey(_))));
     assert!(matches!(
         cache.get_many(&keys(&["ok", ""])).await,
         Err(CacheError::InvalidKey(_))
@@ -254,34 +241,19 @@ async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
         cache.expire("max", 0).await.err(),
         cache.incr_by("z", 1, 0).await.err(),
     ] {
-        assert!(
-            matches!(zero_ttl, Some(CacheError::InvalidArgument(_))),
-            "{zero_ttl:?}"
-        );
+        assert!(matches!(zero_ttl, Some(CacheError::InvalidArgument(_))), "{zero_ttl:?}");
     }
     assert!(!cache.exists("z").await.unwrap());
 }
 
 async fn namespaces_do_not_cross(cache: &Cache) {
     let other = Cache::new(cache.backend().clone(), "other", Limits::default()).unwrap();
-    cache
-        .set("shared-name", b"mine", None, false)
-        .await
-        .unwrap();
+    cache.set("shared-name", b"mine", None, false).await.unwrap();
     assert_eq!(other.get("shared-name").await.unwrap(), None);
-    other
-        .set("shared-name", b"theirs", None, false)
-        .await
-        .unwrap();
-    assert_eq!(
-        cache.get("shared-name").await.unwrap().as_deref(),
-        Some(&b"mine"[..])
-    );
+    other.set("shared-name", b"theirs", None, false).await.unwrap();
+    assert_eq!(cache.get("shared-name").await.unwrap().as_deref(), Some(&b"mine"[..]));
     assert_eq!(other.delete(&keys(&["shared-name"])).await.unwrap(), 1);
-    assert_eq!(
-        cache.get("shared-name").await.unwrap().as_deref(),
-        Some(&b"mine"[..])
-    );
+    assert_eq!(cache.get("shared-name").await.unwrap().as_deref(), Some(&b"mine"[..]));
 }
 
 /// Each contract test, once per backend.
@@ -310,6 +282,8 @@ conformance!(
     ttl_and_expiry,
     get_many,
     counters,
+    bounded_counters,
+    concurrent_bounded_counters_never_pass_the_bound,
     concurrent_counters_are_atomic,
     compare_and_swap,
     invalid_input_is_typed_and_changes_nothing,
@@ -320,10 +294,7 @@ conformance!(
 async fn namespaces_are_validated() {
     let backend = Backend::Memory(MemoryBackend::new(1 << 20));
     for bad in ["", "a:b", "{tag}", "with space", &"n".repeat(65)] {
-        assert!(
-            Cache::new(backend.clone(), bad, Limits::default()).is_err(),
-            "{bad:?}"
-        );
+        assert!(Cache::new(backend.clone(), bad, Limits::default()).is_err(), "{bad:?}");
     }
     assert!(Cache::new(backend, "tenant-1.prod_eu", Limits::default()).is_ok());
 }

@@ -2,22 +2,23 @@
 //! a real redis-server (or the embedded store), the origin behind it.
 
 use ::redis::AsyncCommands;
+use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::{BackendConfig, HarnessConfig};
 use edge_cache_tests::{RedisServer, Served, config, within_one_window};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const ALICE: &str = r#"{"id":"alice","name":"Alice Liddell","plan":"pro","country":"GB"}"#;
+const CAROL: &str = r#"{"id":"carol","name":"Carol Danvers","plan":"team","country":"US"}"#;
 
 async fn problem(response: reqwest::Response) -> Value {
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     response.json().await.unwrap()
 }
 
-async fn miss_then_hit_then_invalidate(served: &Served) {
+async fn miss_then_hit_then_update(backend: BackendConfig) {
+    let served = Served::start(config(backend)).await;
+    let served = &served;
     let first = served.get("/profiles/alice").await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-cache"], "miss");
@@ -27,26 +28,21 @@ async fn miss_then_hit_then_invalidate(served: &Served) {
     let second = served.get("/profiles/alice").await;
     assert_eq!(second.headers()["x-cache"], "hit");
     assert_eq!(second.text().await.unwrap(), ALICE);
-    assert_eq!(
-        served.harness.origin().reads(),
-        1,
-        "a hit does not reach the origin"
-    );
+    assert_eq!(served.harness.origin().reads(), 1, "a hit does not reach the origin");
 
     let updated = served
         .put("/profiles/alice", r#"{"id": "alice", "name": "Alice II"}"#)
         .await;
     assert_eq!(updated.status(), 200);
     let after = served.get("/profiles/alice").await;
-    assert_eq!(
-        after.headers()["x-cache"],
-        "miss",
-        "the update invalidated the cached copy"
-    );
-    assert_eq!(
-        after.text().await.unwrap(),
-        r#"{"id":"alice","name":"Alice II"}"#
-    );
+    assert_eq!(after.headers()["x-cache"], "hit", "the update replaced the cached copy");
+    assert_eq!(after.text().await.unwrap(), r#"{"id":"alice","name":"Alice II"}"#);
+    assert_eq!(served.harness.origin().reads(), 1);
+
+    // Unknown ids are remembered: the origin is asked once.
+    for _ in 0..3 {
+        assert_eq!(served.get("/profiles/nobody").await.status(), 404);
+    }
     assert_eq!(served.harness.origin().reads(), 2);
 
     let created = served.put("/profiles/dave", r#"{"id":"dave"}"#).await;
@@ -57,20 +53,16 @@ async fn miss_then_hit_then_invalidate(served: &Served) {
     );
 }
 
-async fn errors_are_problem_bodies(served: &Served) {
+async fn errors_are_problem_bodies(backend: BackendConfig) {
+    let served = Served::start(config(backend)).await;
+    let served = &served;
     let missing = served.get("/profiles/nobody").await;
     assert_eq!(missing.status(), 404);
-    assert_eq!(
-        problem(missing).await["type"],
-        "urn:edge-cache:problem:not-found"
-    );
+    assert_eq!(problem(missing).await["type"], "urn:edge-cache:problem:not-found");
 
     let invalid = served.get("/profiles/not%20valid").await;
     assert_eq!(invalid.status(), 400);
-    assert_eq!(
-        problem(invalid).await["type"],
-        "urn:edge-cache:problem:invalid-id"
-    );
+    assert_eq!(problem(invalid).await["type"], "urn:edge-cache:problem:invalid-id");
 
     let not_json = served.put("/profiles/alice", "{oops").await;
     assert_eq!(not_json.status(), 400);
@@ -86,10 +78,7 @@ async fn errors_are_problem_bodies(served: &Served) {
     );
 
     let too_big = served
-        .put(
-            "/profiles/alice",
-            &format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000)),
-        )
+        .put("/profiles/alice", &format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000)))
         .await;
     assert_eq!(too_big.status(), 413);
 
@@ -104,7 +93,9 @@ async fn errors_are_problem_bodies(served: &Served) {
 }
 
 /// Every request counts against its caller; the 61st in a window is refused.
-async fn the_61st_request_is_refused(served: &Served) {
+async fn the_61st_request_is_refused(backend: BackendConfig) {
+    let served = Served::start(config(backend)).await;
+    let served = &served;
     within_one_window(60, Duration::from_secs(10)).await;
     for n in 1..=60 {
         // The client address comes from the connection: a client-sent
@@ -124,20 +115,10 @@ async fn the_61st_request_is_refused(served: &Served) {
     }
     let refused = served.get("/profiles/alice").await;
     assert_eq!(refused.status(), 429);
-    let retry_after: u64 = refused.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
-    assert_eq!(
-        refused.headers()["ratelimit-policy"],
-        r#""default";q=60;w=60"#
-    );
-    assert_eq!(
-        problem(refused).await["type"],
-        "urn:edge-cache:problem:quota-exceeded"
-    );
+    assert_eq!(refused.headers()["ratelimit-policy"], r#""default";q=60;w=60"#);
+    assert_eq!(problem(refused).await["type"], "urn:edge-cache:problem:quota-exceeded");
 
     // Another caller, identified by API key, still has its own quota.
     let keyed = served
@@ -150,53 +131,173 @@ async fn the_61st_request_is_refused(served: &Served) {
     assert_eq!(keyed.status(), 200);
 }
 
-async fn limiter_is_exact_under_concurrency(served: &Served) {
-    within_one_window(60, Duration::from_secs(10)).await;
-    let requests: Vec<_> = (0..100)
-        .map(|_| {
-            let request = served
-                .client
-                .get(served.url("/profiles/bob"))
-                .header("x-api-key", "concurrent");
-            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+/// 200 requests race for 50 units: each algorithm lets exactly 50 through.
+async fn limiters_are_exact_under_concurrency(backend: BackendConfig) {
+    for algorithm in ["fixed-window", "sliding-window", "gcra"] {
+        let rules = format!("*/*={algorithm}:50/1h");
+        let guest_env = vec![("RATE_LIMITS".to_owned(), rules)];
+        let served = Served::start(HarnessConfig {
+            guest_env,
+            ..config(backend.clone())
         })
-        .collect();
-    let mut allowed = 0;
-    for request in requests {
-        match request.await.unwrap() {
-            200 => allowed += 1,
-            429 => {}
-            other => panic!("unexpected status {other}"),
+        .await;
+        within_one_window(3600, Duration::from_secs(30)).await;
+        let requests: Vec<_> = (0..200)
+            .map(|_| {
+                let request = served
+                    .client
+                    .get(served.url("/profiles/bob"))
+                    .header("x-api-key", algorithm);
+                tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        let mut allowed = 0;
+        for request in requests {
+            match request.await.unwrap() {
+                200 => allowed += 1,
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
         }
+        assert_eq!(allowed, 50, "{algorithm}: exactly the limit is let through");
+        // The headers agree with the decision that was made.
+        let refused = served
+            .client
+            .get(served.url("/profiles/bob"))
+            .header("x-api-key", algorithm)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 429);
+        let headers = refused.headers();
+        assert_eq!(headers["ratelimit-policy"], r#""default";q=50;w=3600"#, "{algorithm}");
+        assert_eq!(headers["x-ratelimit-remaining"], "0", "{algorithm}");
+        let reset: u64 = headers["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        assert_eq!(
+            headers["ratelimit"].to_str().unwrap(),
+            format!(r#""default";r=0;t={reset}"#)
+        );
+        let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(
+            retry_after >= 1 && retry_after <= 3600,
+            "{algorithm}: Retry-After {retry_after}"
+        );
     }
-    assert_eq!(allowed, 60, "exactly the limit is let through");
 }
 
+/// A burst of concurrent misses on one key reaches the origin once: one
+/// request fills, the others wait for the fill (the wait, 1 s by default,
+/// outlasts the origin's 300 ms).
+async fn a_stampede_reaches_the_origin_once(backend: BackendConfig) {
+    let origin = OriginConfig {
+        latency: Duration::from_millis(300),
+        ..OriginConfig::default()
+    };
+    let guest_env = vec![("RATE_LIMIT_REQUESTS".to_owned(), "1000".to_owned())];
+    let served = Served::start(HarnessConfig {
+        origin,
+        guest_env,
+        ..config(backend)
+    })
+    .await;
+    let requests: Vec<_> = (0..40)
+        .map(|_| {
+            let request = served.client.get(served.url("/profiles/carol"));
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                (
+                    response.status().as_u16(),
+                    response.headers()["x-cache"].to_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    let mut sources = Vec::new();
+    for request in requests {
+        let (status, source) = request.await.unwrap();
+        assert_eq!(status, 200);
+        sources.push(source);
+    }
+    assert_eq!(served.harness.origin().reads(), 1, "{sources:?}");
+    assert_eq!(sources.iter().filter(|s| *s == "miss").count(), 1, "{sources:?}");
+}
+
+/// Past freshness, one request refreshes while the others are served the
+/// stale copy at once.
+async fn stale_copies_are_served_while_one_request_refreshes(backend: BackendConfig) {
+    let origin = OriginConfig {
+        latency: Duration::from_millis(300),
+        ..OriginConfig::default()
+    };
+    let guest_env = vec![
+        ("PROFILE_TTL_SECONDS".to_owned(), "1".to_owned()),
+        ("RATE_LIMIT_REQUESTS".to_owned(), "1000".to_owned()),
+    ];
+    let served = Served::start(HarnessConfig {
+        origin,
+        guest_env,
+        ..config(backend)
+    })
+    .await;
+    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "miss");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let started = Instant::now();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let request = served.client.get(served.url("/profiles/alice"));
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
+                (source, response.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut sources = Vec::new();
+    for request in requests {
+        let (source, body) = request.await.unwrap();
+        assert_eq!(body, ALICE);
+        sources.push(source);
+    }
+    sources.sort();
+    assert_eq!(
+        sources.iter().filter(|s| *s == "miss").count(),
+        1,
+        "one refresh: {sources:?}"
+    );
+    assert_eq!(sources.iter().filter(|s| *s == "stale").count(), 9, "{sources:?}");
+    assert_eq!(served.harness.origin().reads(), 2);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
+}
+
+/// Each end-to-end test, once on a real redis-server and once on the
+/// embedded backend.
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let server = edge_cache_tests::RedisServer::start();
-                let served = edge_cache_tests::Served::start(edge_cache_tests::config(server.backend())).await;
-                super::$name(&served).await;
+                super::$name(server.backend()).await;
             })*
         }
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let served = edge_cache_tests::Served::start(edge_cache_tests::config(Default::default())).await;
-                super::$name(&served).await;
+                super::$name(Default::default()).await;
             })*
         }
     };
 }
 
 both_backends!(
-    miss_then_hit_then_invalidate,
+    miss_then_hit_then_update,
     errors_are_problem_bodies,
     the_61st_request_is_refused,
-    limiter_is_exact_under_concurrency,
+    limiters_are_exact_under_concurrency,
+    a_stampede_reaches_the_origin_once,
+    stale_copies_are_served_while_one_request_refreshes,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,32 +313,29 @@ async fn keys_in_redis_carry_the_namespace_and_a_ttl() {
     let mut redis = server.connection().await;
     let mut stored: Vec<String> = redis.keys("*").await.unwrap();
     stored.sort();
-    assert_eq!(stored.len(), 2, "{stored:?}");
-    assert_eq!(stored[0], "tenant-a:profile:carol");
+    assert_eq!(stored.len(), 2, "the fill lock is gone: {stored:?}");
+    assert_eq!(stored[0], "tenant-a:profile:v1:carol");
     assert!(
-        stored[1].starts_with("tenant-a:rl:{ip:127.0.0.1}:fw:60:"),
+        stored[1].starts_with("tenant-a:rl:{ip:127.0.0.1}:default:fw:60:"),
         "{stored:?}"
     );
+    // Fresh for 600 s, kept 60 s more to be served stale while refreshed.
     let profile_ttl: i64 = redis.ttl(&stored[0]).await.unwrap();
-    assert!(
-        (590..=600).contains(&profile_ttl),
-        "profile TTL {profile_ttl}"
-    );
+    assert!((650..=660).contains(&profile_ttl), "profile TTL {profile_ttl}");
     let counter_ttl: i64 = redis.ttl(&stored[1]).await.unwrap();
     assert!((1..=61).contains(&counter_ttl), "counter TTL {counter_ttl}");
-    let cached: Vec<u8> = redis.get(&stored[0]).await.unwrap();
-    assert_eq!(
-        cached,
-        br#"{"id":"carol","name":"Carol Danvers","plan":"team","country":"US"}"#
-    );
+    let cached: Value = serde_json::from_slice(&redis.get::<_, Vec<u8>>(&stored[0]).await.unwrap()).unwrap();
+    assert_eq!(cached["profile"], serde_json::from_str::<Value>(CAROL).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_configuration_comes_from_the_environment() {
     let guest_env = vec![
         ("PROFILE_TTL_SECONDS".to_owned(), "42".to_owned()),
+        ("PROFILE_STALE_SECONDS".to_owned(), "8".to_owned()),
         ("RATE_LIMIT_REQUESTS".to_owned(), "2".to_owned()),
         ("RATE_LIMIT_WINDOW_SECONDS".to_owned(), "3600".to_owned()),
+        ("RATE_LIMITS".to_owned(), "*/api-key=gcra:10/1h,burst=1".to_owned()),
     ];
     let server = RedisServer::start();
     let served = Served::start(HarnessConfig {
@@ -247,39 +345,27 @@ async fn guest_configuration_comes_from_the_environment() {
     .await;
     within_one_window(3600, Duration::from_secs(10)).await;
     let first = served.get("/profiles/alice").await;
-    assert_eq!(
-        first.headers()["ratelimit-policy"],
-        r#""default";q=2;w=3600"#
-    );
+    assert_eq!(first.headers()["ratelimit-policy"], r#""default";q=2;w=3600"#);
     assert_eq!(served.get("/profiles/alice").await.status(), 200);
     assert_eq!(served.get("/profiles/alice").await.status(), 429);
     let ttl: i64 = server
         .connection()
         .await
-        .ttl("edge-cache:profile:alice")
+        .ttl("edge-cache:profile:v1:alice")
         .await
         .unwrap();
-    assert!((40..=42).contains(&ttl), "profile TTL {ttl}");
-}
+    assert!((48..=50).contains(&ttl), "profile TTL {ttl}");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_guest_configuration_is_a_clear_500() {
-    let guest_env = vec![("RATE_LIMIT_REQUESTS".to_owned(), "lots".to_owned())];
-    let served = Served::start(HarnessConfig {
-        guest_env,
-        ..config(BackendConfig::default())
-    })
-    .await;
-    let response = served.get("/profiles/alice").await;
-    assert_eq!(response.status(), 500);
-    let body = problem(response).await;
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("RATE_LIMIT_REQUESTS"),
-        "{body}"
-    );
+    let keyed = || {
+        served
+            .client
+            .get(served.url("/profiles/alice"))
+            .header("x-api-key", "k")
+            .send()
+    };
+    let first_keyed = keyed().await.unwrap();
+    assert_eq!(first_keyed.headers()["ratelimit-policy"], r#""api-key";q=10;w=3600"#);
+    assert_eq!(keyed().await.unwrap().status(), 429, "a burst of 1");
 }
 
 /// The cache is never the source of truth: with Redis gone, answers still
@@ -288,14 +374,8 @@ async fn bad_guest_configuration_is_a_clear_500() {
 async fn redis_outage_falls_back_to_the_origin() {
     let server = RedisServer::start();
     let served = Served::start(config(server.backend())).await;
-    assert_eq!(
-        served.get("/profiles/alice").await.headers()["x-cache"],
-        "miss"
-    );
-    assert_eq!(
-        served.get("/profiles/alice").await.headers()["x-cache"],
-        "hit"
-    );
+    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "miss");
+    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
 
     drop(server);
     let started = Instant::now();
@@ -305,14 +385,8 @@ async fn redis_outage_falls_back_to_the_origin() {
         assert_eq!(response.headers()["x-cache"], "bypass");
         assert_eq!(response.text().await.unwrap(), ALICE);
     }
-    let updated = served
-        .put("/profiles/alice", r#"{"id":"alice","v":2}"#)
-        .await;
-    assert_eq!(
-        updated.status(),
-        200,
-        "writes reach the origin without the cache"
-    );
+    let updated = served.put("/profiles/alice", r#"{"id":"alice","v":2}"#).await;
+    assert_eq!(updated.status(), 200, "writes reach the origin without the cache");
     let elapsed = started.elapsed();
     // Each request makes at most two cache calls of at most 300 ms.
     assert!(
@@ -330,19 +404,9 @@ async fn exports_work_without_http() {
 
     let (mut store, instance) = served.harness.instantiate().await.unwrap();
     let profiles = instance.edge_cache_profiles();
-    let first = profiles
-        .call_get(&mut store, "bob")
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = profiles.call_get(&mut store, "bob").await.unwrap().unwrap().unwrap();
     assert_eq!(first.source, profiles::Source::Origin);
-    let second = profiles
-        .call_get(&mut store, "bob")
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let second = profiles.call_get(&mut store, "bob").await.unwrap().unwrap().unwrap();
     assert_eq!(second.source, profiles::Source::Cache);
     assert!(
         profiles
@@ -359,28 +423,59 @@ async fn exports_work_without_http() {
 
     let limiter = instance.edge_cache_rate_limit();
     within_one_window(3600, Duration::from_secs(10)).await;
-    let policy = rate_limit::Policy {
-        algorithm: rate_limit::Algorithm::FixedWindow,
+    let policy = |algorithm| rate_limit::Policy {
+        name: "exports".into(),
+        algorithm,
         limit: 3,
         window_seconds: 3600,
+        fail_mode: rate_limit::FailMode::Open,
     };
-    let mut decisions = Vec::new();
-    for _ in 0..4 {
-        decisions.push(
-            limiter
-                .call_check(&mut store, "export-caller", policy, 1)
-                .await
-                .unwrap()
-                .unwrap(),
+    for algorithm in [
+        rate_limit::Algorithm::FixedWindow,
+        rate_limit::Algorithm::SlidingWindow,
+        rate_limit::Algorithm::Gcra(None),
+    ] {
+        let policy = policy(algorithm);
+        let peeked = limiter.call_peek(&mut store, "caller", &policy).await.unwrap().unwrap();
+        assert_eq!((peeked.allowed, peeked.remaining), (true, 3), "{algorithm:?}");
+        let mut decisions = Vec::new();
+        for _ in 0..4 {
+            decisions.push(
+                limiter
+                    .call_check(&mut store, "caller", &policy, 1)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let summary: Vec<_> = decisions.iter().map(|d| (d.allowed, d.remaining)).collect();
+        assert_eq!(summary, [(true, 2), (true, 1), (true, 0), (false, 0)], "{algorithm:?}");
+        assert!(decisions[3].retry_after_ms > 0 && decisions[3].retry_after_ms <= 3_600_000);
+        assert!(decisions.iter().all(|d| d.degraded.is_none()));
+        let peeked = limiter.call_peek(&mut store, "caller", &policy).await.unwrap().unwrap();
+        assert!(!peeked.allowed, "{algorithm:?}: peek sees the spent quota");
+        limiter
+            .call_reset(&mut store, "caller", &policy)
+            .await
+            .unwrap()
+            .unwrap();
+        let after_reset = limiter
+            .call_check(&mut store, "caller", &policy, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (after_reset.allowed, after_reset.remaining),
+            (true, 2),
+            "{algorithm:?}: reset"
         );
     }
-    let summary: Vec<_> = decisions.iter().map(|d| (d.allowed, d.remaining)).collect();
-    assert_eq!(summary, [(true, 2), (true, 1), (true, 0), (false, 0)]);
-    assert!(decisions[3].retry_after_ms > 0 && decisions[3].retry_after_ms <= 3_600_000);
-    assert!(decisions.iter().all(|d| d.degraded.is_none()));
-    let zero = rate_limit::Policy { limit: 0, ..policy };
+    let zero = rate_limit::Policy {
+        limit: 0,
+        ..policy(rate_limit::Algorithm::FixedWindow)
+    };
     assert!(matches!(
-        limiter.call_check(&mut store, "k", zero, 1).await.unwrap(),
+        limiter.call_check(&mut store, "k", &zero, 1).await.unwrap(),
         Err(rate_limit::Error::InvalidPolicy(_))
     ));
 }

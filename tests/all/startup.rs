@@ -56,37 +56,22 @@ async fn missing_component_is_reported() {
         component: "/nonexistent/edge.wasm".into(),
         ..HarnessConfig::default()
     };
-    let error = Harness::start(&config)
-        .await
-        .err()
-        .expect("no component, no harness");
+    let error = Harness::start(&config).await.err().expect("no component, no harness");
     assert!(matches!(error, StartupError::ComponentMissing { .. }));
-    assert!(
-        error.to_string().contains("/nonexistent/edge.wasm"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("/nonexistent/edge.wasm"), "{error}");
 }
 
 #[tokio::test]
 async fn a_non_component_file_is_reported() {
-    let path = std::env::temp_dir().join(format!(
-        "edge-cache-not-a-component-{}.wasm",
-        std::process::id()
-    ));
+    let path = std::env::temp_dir().join(format!("edge-cache-not-a-component-{}.wasm", std::process::id()));
     std::fs::write(&path, b"definitely not wasm").unwrap();
     let config = HarnessConfig {
         component: path.clone(),
         ..HarnessConfig::default()
     };
-    let error = Harness::start(&config)
-        .await
-        .err()
-        .expect("garbage is not a component");
+    let error = Harness::start(&config).await.err().expect("garbage is not a component");
     std::fs::remove_file(&path).unwrap();
-    assert!(
-        matches!(error, StartupError::ComponentInvalid { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, StartupError::ComponentInvalid { .. }), "{error}");
 }
 
 #[tokio::test]
@@ -97,4 +82,22 @@ async fn bad_namespace_is_reported() {
     };
     let message = start_error(config).await;
     assert!(message.contains("invalid namespace"), "{message}");
+}
+
+#[tokio::test]
+async fn bad_guest_settings_stop_the_start() {
+    for (name, value) in [
+        ("RATE_LIMITS", "*/*=token-bucket:1/1s"),
+        ("PROFILE_TTL_SECONDS", "soon"),
+    ] {
+        let config = HarnessConfig {
+            guest_env: vec![(name.into(), value.into())],
+            ..HarnessConfig::default()
+        };
+        let message = start_error(config).await;
+        assert!(
+            message.starts_with("invalid edge function setting: ") && message.contains(name),
+            "{message}"
+        );
+    }
 }

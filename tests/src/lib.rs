@@ -12,9 +12,8 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The guest, compiled once per test binary.
-pub static COMPONENT: LazyLock<Component> = LazyLock::new(|| {
-    Component::from_file(&Engine::default(), BUILT_GUEST).expect("the built guest compiles")
-});
+pub static COMPONENT: LazyLock<Component> =
+    LazyLock::new(|| Component::from_file(&Engine::default(), BUILT_GUEST).expect("the built guest compiles"));
 
 /// A free loopback port (never Redis' 6379).
 fn free_port() -> u16 {
@@ -50,8 +49,7 @@ impl RedisServer {
         // A port can be taken between probing and binding: try a few.
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir()
-                .join(format!("edge-cache-redis-{}-{port}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("edge-cache-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create the server's directory");
             let log = std::fs::File::create(dir.join("redis.log")).expect("create the server log");
             let child = Command::new(&binary)
@@ -97,8 +95,7 @@ impl RedisServer {
                 eprintln!("redis-server exited early:\n{log}");
                 return false;
             }
-            if let Ok(mut connection) =
-                redis::Client::open(self.url()).and_then(|c| c.get_connection())
+            if let Ok(mut connection) = redis::Client::open(self.url()).and_then(|c| c.get_connection())
                 && redis::cmd("PING").query::<String>(&mut connection).is_ok()
             {
                 return true;

@@ -6,7 +6,7 @@
 //! counterpart of Redis `maxmemory` with `allkeys-lru`. Every read-modify-write
 //! runs inside moka's per-key `and_compute_with`, which makes it atomic.
 
-use super::{CacheError, CasOutcome, Ttl};
+use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
 use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
@@ -43,15 +43,8 @@ impl Stored {
 struct DeadlineExpiry;
 
 impl Expiry<String, Stored> for DeadlineExpiry {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        value: &Stored,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        value
-            .expires_at
-            .map(|at| at.saturating_duration_since(created_at))
+    fn expire_after_create(&self, _: &String, value: &Stored, created_at: Instant) -> Option<Duration> {
+        value.expires_at.map(|at| at.saturating_duration_since(created_at))
     }
 
     fn expire_after_update(
@@ -61,9 +54,7 @@ impl Expiry<String, Stored> for DeadlineExpiry {
         updated_at: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        value
-            .expires_at
-            .map(|at| at.saturating_duration_since(updated_at))
+        value.expires_at.map(|at| at.saturating_duration_since(updated_at))
     }
 }
 
@@ -91,9 +82,7 @@ impl MemoryBackend {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        Ok(self
-            .live(key, Instant::now())
-            .map(|stored| stored.bytes.to_vec()))
+        Ok(self.live(key, Instant::now()).map(|stored| stored.bytes.to_vec()))
     }
 
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
@@ -160,12 +149,9 @@ impl MemoryBackend {
         let now = Instant::now();
         Ok(match self.live(key, now) {
             None => Ttl::Missing,
+            Some(Stored { expires_at: None, .. }) => Ttl::Persistent,
             Some(Stored {
-                expires_at: None, ..
-            }) => Ttl::Persistent,
-            Some(Stored {
-                expires_at: Some(at),
-                ..
+                expires_at: Some(at), ..
             }) => {
                 let millis = at.saturating_duration_since(now).as_millis().max(1);
                 Ttl::ExpiresIn(u64::try_from(millis.div_ceil(1000)).unwrap_or(u64::MAX))
@@ -174,6 +160,22 @@ impl MemoryBackend {
     }
 
     pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+        self.add(key, delta, ttl_if_new, None).map(|outcome| outcome.value)
+    }
+
+    pub async fn incr_by_bounded(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_if_new: u64,
+        max: i64,
+    ) -> Result<BoundedIncr, CacheError> {
+        self.add(key, delta, ttl_if_new, Some(max))
+    }
+
+    /// Adds `delta` to a counter, atomically, unless the result would pass
+    /// `max`; a counter without expiry gets `ttl_if_new` seconds.
+    fn add(&self, key: &str, delta: i64, ttl_if_new: u64, max: Option<i64>) -> Result<BoundedIncr, CacheError> {
         let now = Instant::now();
         let mut outcome = Err(CacheError::Other("counter update did not run".into()));
         self.entries.entry_by_ref(key).and_compute_with(|current| {
@@ -194,12 +196,20 @@ impl MemoryBackend {
                 },
             };
             let Some(next) = count.checked_add(delta) else {
-                outcome = Err(CacheError::InvalidArgument(
-                    "increment would overflow".into(),
-                ));
+                outcome = Err(CacheError::InvalidArgument("increment would overflow".into()));
                 return Op::Nop;
             };
-            outcome = Ok(next);
+            if max.is_some_and(|max| next > max) {
+                outcome = Ok(BoundedIncr {
+                    applied: false,
+                    value: count,
+                });
+                return Op::Nop;
+            }
+            outcome = Ok(BoundedIncr {
+                applied: true,
+                value: next,
+            });
             let expires_at = expires_at.or(Some(now + Duration::from_secs(ttl_if_new)));
             Op::Put(Stored {
                 bytes: next.to_string().into_bytes().into(),

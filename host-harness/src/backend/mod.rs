@@ -39,6 +39,13 @@ pub enum Ttl {
     ExpiresIn(u64),
 }
 
+/// The result of a bounded increment: whether it applied, and the value after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundedIncr {
+    pub applied: bool,
+    pub value: i64,
+}
+
 /// The result of a compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CasOutcome {
@@ -109,6 +116,16 @@ impl Backend {
 
     pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
         dispatch!(self, b => b.incr_by(key, delta, ttl_if_new))
+    }
+
+    pub async fn incr_by_bounded(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_if_new: u64,
+        max: i64,
+    ) -> Result<BoundedIncr, CacheError> {
+        dispatch!(self, b => b.incr_by_bounded(key, delta, ttl_if_new, max))
     }
 
     pub async fn compare_and_swap(

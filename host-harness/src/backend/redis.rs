@@ -6,12 +6,9 @@
 //! no request hangs on a dead Redis. Multi-step primitives are Lua scripts,
 //! run by SHA and loaded on `NOSCRIPT`, so each is one atomic round trip.
 
-use super::{CacheError, CasOutcome, Ttl};
+use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    Client, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Script, ServerErrorKind,
-    Value,
-};
+use redis::{Client, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Script, ServerErrorKind, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +24,25 @@ if redis.call('TTL', KEYS[1]) == -1 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return value
+";
+
+/// `INCR_BY_SCRIPT`, unless the result would pass ARGV[3]. Returns
+/// {applied (0/1), value after}. Counters stay far below 2^53, where Lua's
+/// numbers are exact.
+const INCR_BY_BOUNDED_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false then current = 0 else current = tonumber(current) end
+if current == nil or current ~= math.floor(current) then
+  return redis.error_reply('ERR value is not an integer or out of range')
+end
+if current + tonumber(ARGV[1]) > tonumber(ARGV[3]) then
+  return {0, current}
+end
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) == -1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return {1, value}
 ";
 
 /// ARGV: expected-present ('0'/'1'), expected, new, ttl seconds ('0' = none).
@@ -112,6 +128,7 @@ pub struct RedisBackend {
 
 struct Scripts {
     incr_by: Script,
+    incr_by_bounded: Script,
     compare_and_swap: Script,
 }
 
@@ -130,9 +147,7 @@ impl RedisBackend {
             .map_err(|e| invalid(e.to_string()))?;
         if let Some(db) = config.db {
             if db < 0 {
-                return Err(invalid(format!(
-                    "the database number must not be negative, not {db}"
-                )));
+                return Err(invalid(format!("the database number must not be negative, not {db}")));
             }
             let settings = info.redis_settings().clone().set_db(db);
             info = info.set_redis_settings(settings);
@@ -161,6 +176,7 @@ impl RedisBackend {
             command_timeout: config.command_timeout,
             scripts: Arc::new(Scripts {
                 incr_by: Script::new(INCR_BY_SCRIPT),
+                incr_by_bounded: Script::new(INCR_BY_BOUNDED_SCRIPT),
                 compare_and_swap: Script::new(COMPARE_AND_SWAP_SCRIPT),
             }),
         };
@@ -241,8 +257,7 @@ impl RedisBackend {
     }
 
     pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
-        self.query(redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned())
-            .await
+        self.query(redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned()).await
     }
 
     pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
@@ -259,6 +274,24 @@ impl RedisBackend {
         invocation.arg(delta).arg(ttl_if_new);
         self.bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await
+    }
+
+    pub async fn incr_by_bounded(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_if_new: u64,
+        max: i64,
+    ) -> Result<BoundedIncr, CacheError> {
+        let mut invocation = self.scripts.incr_by_bounded.key(key);
+        invocation.arg(delta).arg(ttl_if_new).arg(max);
+        let (applied, value): (i64, i64) = self
+            .bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        Ok(BoundedIncr {
+            applied: applied == 1,
+            value,
+        })
     }
 
     pub async fn compare_and_swap(
@@ -280,9 +313,7 @@ impl RedisBackend {
         match reply.as_slice() {
             [Value::Int(1)] => Ok(CasOutcome::Swapped),
             [Value::Int(0)] => Ok(CasOutcome::Conflict(None)),
-            [Value::Int(0), Value::BulkString(current)] => {
-                Ok(CasOutcome::Conflict(Some(current.clone())))
-            }
+            [Value::Int(0), Value::BulkString(current)] => Ok(CasOutcome::Conflict(Some(current.clone()))),
             other => Err(CacheError::Other(format!(
                 "unexpected compare-and-swap reply {other:?}"
             ))),
@@ -306,9 +337,7 @@ fn classify(error: &RedisError) -> CacheError {
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ReadOnly,
         ) => CacheError::Unavailable(error.to_string()),
-        ErrorKind::Server(ServerErrorKind::NoPerm) => {
-            CacheError::Unavailable(format!("permission denied: {error}"))
-        }
+        ErrorKind::Server(ServerErrorKind::NoPerm) => CacheError::Unavailable(format!("permission denied: {error}")),
         _ if error.code() == Some("WRONGTYPE") => CacheError::WrongType,
         _ if error.detail().is_some_and(|d| d.contains("not an integer")) => CacheError::WrongType,
         _ if error.detail().is_some_and(|d| d.contains("overflow")) => {
