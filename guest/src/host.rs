@@ -99,6 +99,9 @@ pub mod memory {
     /// A value and the millisecond at which it expires, if it does.
     type Entry = (Vec<u8>, Option<u64>);
 
+    /// Stands for another instance acting between two calls.
+    type Interleave = Box<dyn Fn(&MemoryCache)>;
+
     /// A clock that only moves when told to (or when slept on).
     pub struct ManualClock {
         pub now: Cell<u64>,
@@ -141,7 +144,7 @@ pub mod memory {
         pub failure: RefCell<Option<CacheError>>,
         pub calls: Cell<u32>,
         /// Runs before each call, to simulate other instances writing.
-        pub interleave: RefCell<Option<Box<dyn Fn(&MemoryCache)>>>,
+        pub interleave: RefCell<Option<Interleave>>,
     }
 
     impl MemoryCache {

@@ -179,7 +179,7 @@ async fn limiters_are_exact_under_concurrency(backend: BackendConfig) {
         );
         let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!(
-            retry_after >= 1 && retry_after <= 3600,
+            (1..=3600).contains(&retry_after),
             "{algorithm}: Retry-After {retry_after}"
         );
     }
