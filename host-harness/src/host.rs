@@ -5,6 +5,7 @@ use crate::backend::{CacheError, CasOutcome, Ttl};
 use crate::bindings::{cache, origin};
 use crate::cache::Cache;
 use crate::origin::{Origin, OriginError};
+use wasmtime::StoreLimits;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -34,6 +35,7 @@ pub struct EdgeState {
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
     pub edge: EdgeCtx,
+    pub limits: StoreLimits,
 }
 
 impl WasiView for EdgeState {

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_cache_guest::config as guest;
 use edge_cache_harness::backend::redis::{RedisConfig, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
+use edge_cache_harness::engine::GuestLimits;
 use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
 use std::net::SocketAddr;
@@ -107,6 +108,19 @@ struct ServeArgs {
     #[arg(long, env = guest::RATE_LIMITS)]
     rate_limits: Option<String>,
 
+    /// Linear memory each request's instance may use, e.g. 64MB.
+    #[arg(long, env = "EDGE_CACHE_GUEST_MEMORY", default_value = "64MB", value_parser = parse_size)]
+    guest_memory: u64,
+
+    /// Time one request may take, in milliseconds; past it the guest is
+    /// stopped and the client gets a 504.
+    #[arg(long, env = "EDGE_CACHE_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+
+    /// Requests served at once (the size of the instance pool).
+    #[arg(long, env = "EDGE_CACHE_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_instances: u32,
+
     /// Log format.
     #[arg(long, env = "EDGE_CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -182,6 +196,11 @@ impl ServeArgs {
                 latency: Duration::from_millis(self.origin_latency_ms),
             },
             guest_env: self.guest_env(),
+            guest_limits: GuestLimits {
+                memory_bytes: usize::try_from(self.guest_memory).unwrap_or(usize::MAX),
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+                max_instances: self.max_instances,
+            },
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::backend::memory::{DEFAULT_MAX_MEMORY, MemoryBackend};
 use crate::backend::redis::{ConnectError, RedisBackend, RedisConfig};
 use crate::bindings::{EdgeFunction, EdgeFunctionPre};
 use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
+use crate::engine::{GuestLimits, new_engine, set_deadline};
 use crate::host::{self, EdgeCtx, EdgeState};
 use crate::origin::{Origin, OriginConfig, OriginError};
 use http_body_util::{BodyExt, Full};
@@ -22,7 +23,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -73,6 +74,8 @@ pub struct HarnessConfig {
     pub origin: OriginConfig,
     /// Environment variables passed to the guest (its configuration).
     pub guest_env: Vec<(String, String)>,
+    /// What each request's instance may use.
+    pub guest_limits: GuestLimits,
 }
 
 impl Default for HarnessConfig {
@@ -84,6 +87,7 @@ impl Default for HarnessConfig {
             limits: Limits::default(),
             origin: OriginConfig::default(),
             guest_env: Vec::new(),
+            guest_limits: GuestLimits::default(),
         }
     }
 }
@@ -113,11 +117,12 @@ pub struct Harness {
     pre: EdgeFunctionPre<EdgeState>,
     edge: EdgeCtx,
     guest_env: Vec<(String, String)>,
+    limits: GuestLimits,
 }
 
 impl Harness {
     pub async fn start(config: &HarnessConfig) -> Result<Self, StartupError> {
-        let engine = Engine::default();
+        let engine = new_engine(&config.guest_limits, true).map_err(|e| StartupError::Engine(format!("{e:#}")))?;
         let component = load_component(&engine, &config.component)?;
         Self::with_component(config, &component).await
     }
@@ -162,6 +167,7 @@ impl Harness {
             pre,
             edge: EdgeCtx { cache, origin },
             guest_env: config.guest_env.clone(),
+            limits: config.guest_limits,
         })
     }
 
@@ -175,13 +181,18 @@ impl Harness {
 
     fn new_store(&self) -> Store<EdgeState> {
         let wasi = WasiCtx::builder().inherit_stderr().envs(&self.guest_env).build();
+        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build();
         let state = EdgeState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             edge: self.edge.clone(),
+            limits,
         };
-        Store::new(self.pre.engine(), state)
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        set_deadline(&mut store, self.limits.request_timeout);
+        store
     }
 
     /// A fresh instance, for calling the `profiles` and `rate-limit` exports
@@ -202,6 +213,14 @@ impl Harness {
         request.headers_mut().insert(CLIENT_IP_HEADER, client_ip);
         match self.run_guest(request).await {
             Ok(response) => response,
+            Err(error) if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
+                tracing::error!(timeout = ?self.limits.request_timeout, "edge function stopped at its deadline");
+                let detail = format!(
+                    "the edge function did not finish within {:?}",
+                    self.limits.request_timeout
+                );
+                problem(504, "deadline-exceeded", "Edge function timed out", &detail)
+            }
             Err(error) => {
                 tracing::error!(error = %format!("{error:#}"), "edge function failed");
                 problem(

@@ -2,6 +2,7 @@
 //! built guest over HTTP on loopback.
 
 use edge_cache_harness::backend::redis::RedisConfig;
+use edge_cache_harness::engine::{GuestLimits, new_engine};
 use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -1,0 +1,82 @@
+//! The harness's one wasmtime engine: pooled instances, a per-request
+//! deadline by epoch interruption, a memory cap per instance, and compiled
+//! code cached on disk so restarts do not recompile.
+
+use std::time::{Duration, Instant};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, UpdateDeadline,
+};
+
+/// How often the engine's epoch advances: the granularity of deadlines and
+/// of the time slices a busy guest gets before yielding to other requests.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What one request's instance may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock time a request may take, host calls included.
+    pub request_timeout: Duration,
+    /// Instances alive at once (the pool's size): requests in flight.
+    pub max_instances: u32,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(10),
+            max_instances: 1000,
+        }
+    }
+}
+
+/// Builds the engine and starts its epoch ticker (a thread that ends with
+/// the engine).
+pub fn new_engine(limits: &GuestLimits, cache_compiled_code: bool) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(limits.max_instances)
+        .total_core_instances(limits.max_instances.saturating_mul(8))
+        .total_memories(limits.max_instances.saturating_mul(2))
+        .total_tables(limits.max_instances.saturating_mul(4))
+        .max_memory_size(limits.memory_bytes);
+
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if cache_compiled_code {
+        match Cache::new(CacheConfig::new()) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(error) => tracing::warn!(%error, "compiled code will not be cached"),
+        }
+    }
+    let engine = Engine::new(&config)?;
+
+    let weak = engine.weak();
+    std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    })?;
+    Ok(engine)
+}
+
+/// Arms `store` with a deadline `timeout` from now: the guest yields to the
+/// executor every tick and is interrupted (a trap) once the deadline passes.
+pub fn set_deadline<T>(store: &mut wasmtime::Store<T>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+    store.set_epoch_deadline(1);
+}
