@@ -1,5 +1,6 @@
 //! The end-to-end suite: one test binary, so the guest is compiled once.
 
+mod bounded;
 mod component_world;
 mod conformance;
 mod http;

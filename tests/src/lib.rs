@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+/// The engine every harness of this test binary shares, configured as the
+/// harness configures its own.
+pub static ENGINE: LazyLock<Engine> =
+    LazyLock::new(|| new_engine(&GuestLimits::default(), false).expect("the engine starts"));
+
 /// The guest, compiled once per test binary.
 pub static COMPONENT: LazyLock<Component> =
-    LazyLock::new(|| Component::from_file(&Engine::default(), BUILT_GUEST).expect("the built guest compiles"));
+    LazyLock::new(|| Component::from_file(&ENGINE, BUILT_GUEST).expect("the built guest compiles"));
 
 /// A free loopback port (never Redis' 6379).
 fn free_port() -> u16 {
@@ -150,9 +155,15 @@ pub struct Served {
 }
 
 impl Served {
+    /// Serves the built guest.
     pub async fn start(config: HarnessConfig) -> Self {
+        Self::start_component(config, &COMPONENT).await
+    }
+
+    /// Serves `component`, compiled with [`ENGINE`].
+    pub async fn start_component(config: HarnessConfig, component: &Component) -> Self {
         let harness = Arc::new(
-            Harness::with_component(&config, &COMPONENT)
+            Harness::with_component(&config, component)
                 .await
                 .expect("the harness starts"),
         );

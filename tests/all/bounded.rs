@@ -1,0 +1,93 @@
+//! A guest that loops, hoards memory, panics or never answers is contained:
+//! its request gets a 5xx problem body and everything else keeps working.
+
+use edge_cache_harness::HarnessConfig;
+use edge_cache_harness::engine::GuestLimits;
+use edge_cache_tests::{ENGINE, Served};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+use wasmtime::component::Component;
+
+static MISBEHAVING: LazyLock<Component> =
+    LazyLock::new(|| Component::from_file(&ENGINE, env!("MISBEHAVING_GUEST")).expect("the misbehaving guest compiles"));
+
+async fn serve_misbehaving() -> Served {
+    let guest_limits = GuestLimits {
+        request_timeout: Duration::from_millis(500),
+        ..GuestLimits::default()
+    };
+    Served::start_component(
+        HarnessConfig {
+            guest_limits,
+            ..HarnessConfig::default()
+        },
+        &MISBEHAVING,
+    )
+    .await
+}
+
+async fn problem_status(served: &Served, path: &str) -> (u16, serde_json::Value) {
+    let response = served.get(path).await;
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/problem+json", "{path}");
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_stuck_in_a_loop_is_stopped_while_others_are_served() {
+    let served = serve_misbehaving().await;
+    let looping = {
+        let request = served.client.get(served.url("/loop"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), started.elapsed())
+        })
+    };
+    // While it spins, other requests are answered.
+    for _ in 0..20 {
+        let response = served.get("/ok").await;
+        assert_eq!(response.status(), 200);
+    }
+    let (status, took) = looping.await.unwrap();
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "stopped after {took:?}"
+    );
+    let (status, body) = problem_status(&served, "/loop").await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (504, Some("urn:edge-cache:problem:deadline-exceeded"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_hoarding_memory_is_stopped_at_its_cap() {
+    let served = serve_misbehaving().await;
+    let started = Instant::now();
+    let (status, body) = problem_status(&served, "/hoard").await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (500, Some("urn:edge-cache:problem:guest-failure"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the cap, not the deadline, stopped it"
+    );
+    assert_eq!(served.get("/ok").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_missing_responses_are_500s() {
+    let served = serve_misbehaving().await;
+    for path in ["/panic", "/silent", "/panic"] {
+        let (status, body) = problem_status(&served, path).await;
+        assert_eq!(
+            (status, body["type"].as_str()),
+            (500, Some("urn:edge-cache:problem:guest-failure")),
+            "{path}"
+        );
+    }
+    assert_eq!(served.get("/ok").await.status(), 200);
+}
