@@ -307,3 +307,33 @@ async fn redis_backend_config_connects() {
     };
     assert_eq!(server.backend().connect().await.unwrap().kind(), "redis");
 }
+
+#[tokio::test]
+async fn the_embedded_backend_evicts_least_recently_used_entries_at_its_bound() {
+    let bound = 256 * 1024;
+    let backend = MemoryBackend::new(bound);
+    let cache = Cache::new(Backend::Memory(backend.clone()), "lru", Limits::default()).unwrap();
+    cache.set("hot", &[7u8; 1024], None, false).await.unwrap();
+    for n in 0..1000 {
+        cache
+            .set(&format!("cold-{n}"), &[0u8; 1024], None, false)
+            .await
+            .unwrap();
+        // Reading "hot" keeps it recently used.
+        assert!(cache.get("hot").await.unwrap().is_some(), "hot was evicted at {n}");
+    }
+    assert!(
+        backend.used_memory() <= bound,
+        "{} bytes used, bound {bound}",
+        backend.used_memory()
+    );
+    assert_eq!(
+        cache.get("cold-0").await.unwrap(),
+        None,
+        "the oldest entries were evicted"
+    );
+    assert!(
+        cache.get("cold-999").await.unwrap().is_some(),
+        "the newest entry is kept"
+    );
+}

@@ -4,4 +4,5 @@ mod bounded;
 mod component_world;
 mod conformance;
 mod http;
+mod redis_ops;
 mod startup;

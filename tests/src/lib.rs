@@ -21,6 +21,39 @@ pub static ENGINE: LazyLock<Engine> =
 pub static COMPONENT: LazyLock<Component> =
     LazyLock::new(|| Component::from_file(&ENGINE, BUILT_GUEST).expect("the built guest compiles"));
 
+/// Starts `redis-server` on `port`, logging to `dir/redis.log`.
+fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+    let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let log = std::fs::File::create(dir.join("redis.log")).expect("create the server log");
+    let spawned = Command::new(&binary)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(log.try_clone().expect("clone the log handle"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
+            "\n\n`{binary}` was not found: these tests need a real Redis server.\n\
+             Install it with:\n\n    sudo apt-get update && sudo apt-get install -y redis-server\n\n\
+             (or set REDIS_SERVER to its path)\n"
+        ),
+        Err(error) => panic!("cannot start {binary}: {error}"),
+    }
+}
+
 /// A free loopback port (never Redis' 6379).
 fn free_port() -> u16 {
     loop {
@@ -40,6 +73,7 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -51,41 +85,19 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments, e.g.
     /// `["--maxmemory", "1mb"]`.
     pub fn start_with(extra: &[&str]) -> Self {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let extra: Vec<String> = extra.iter().map(|arg| arg.to_string()).collect();
         // A port can be taken between probing and binding: try a few.
         for _ in 0..5 {
             let port = free_port();
             let dir = std::env::temp_dir().join(format!("edge-cache-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create the server's directory");
-            let log = std::fs::File::create(dir.join("redis.log")).expect("create the server log");
-            let child = Command::new(&binary)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&dir)
-                .args(extra)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .stdin(Stdio::null())
-                .spawn();
-            let child = match child {
-                Ok(child) => child,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
-                    "\n\n`{binary}` was not found: these tests need a real Redis server.\n\
-                     Install it with:\n\n    sudo apt-get update && sudo apt-get install -y redis-server\n\n\
-                     (or set REDIS_SERVER to its path)\n"
-                ),
-                Err(error) => panic!("cannot start {binary}: {error}"),
+            let child = spawn(port, &dir, &extra);
+            let mut server = Self {
+                child,
+                port,
+                dir,
+                extra: extra.clone(),
             };
-            let mut server = Self { child, port, dir };
             if server.wait_until_ready(Duration::from_secs(10)) {
                 return server;
             }
@@ -93,20 +105,39 @@ impl RedisServer {
         panic!("redis-server did not become ready on any of 5 ports");
     }
 
+    /// Kills the server, as an outage would; [`Self::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port (empty: it keeps no data).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(self.port, &self.dir, &self.extra);
+        assert!(
+            self.wait_until_ready(Duration::from_secs(10)),
+            "redis-server did not come back"
+        );
+    }
+
     fn wait_until_ready(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                eprintln!("redis-server exited early:\n{log}");
+                eprintln!("redis-server exited early ({status}):\n{log}");
                 return false;
             }
-            if let Ok(mut connection) = redis::Client::open(self.url()).and_then(|c| c.get_connection())
-                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
-            {
-                return true;
+            let ping = redis::Client::open(self.url())
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection));
+            match ping {
+                Ok(_) => return true,
+                // Answering, but wants credentials (ACL tests): ready.
+                Err(error) if !error.is_io_error() && !error.is_connection_refusal() => return true,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         false
     }

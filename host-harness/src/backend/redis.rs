@@ -135,6 +135,9 @@ struct Scripts {
 impl RedisBackend {
     /// Connects and checks the connection with a `PING`.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+        // `rediss://` needs a process-wide TLS crypto provider; installing it
+        // twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let redacted = redact_url(&config.url);
         let invalid = |reason: String| ConnectError::InvalidUrl {
             url: redacted.clone(),
