@@ -2,6 +2,7 @@
 //! errors, and a trace event per operation.
 
 use crate::backend::{Backend, BoundedIncr, CacheError, CasOutcome, Ttl};
+use crate::metrics::StoreMetrics;
 use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
@@ -40,6 +41,7 @@ pub struct Cache {
     backend: Backend,
     prefix: Arc<str>,
     limits: Limits,
+    metrics: StoreMetrics,
 }
 
 impl Cache {
@@ -58,7 +60,13 @@ impl Cache {
             backend,
             prefix: format!("{namespace}:").into(),
             limits,
+            metrics: StoreMetrics::default(),
         })
+    }
+
+    /// Latency and errors of this cache's store operations.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     pub fn backend(&self) -> &Backend {
@@ -115,14 +123,14 @@ impl Cache {
         let started = Instant::now();
         let result = async { self.backend.get(&self.full_key(key)?).await }.await;
         let hit = matches!(result, Ok(Some(_)));
-        trace("get", key, started, &result, Some(hit));
+        self.trace("get", key, started, &result, Some(hit));
         result
     }
 
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
         let started = Instant::now();
         let result = async { self.backend.get_many(&self.full_keys(keys)?).await }.await;
-        trace("get-many", &keys.join(","), started, &result, None);
+        self.trace("get-many", &keys.join(","), started, &result, None);
         result
     }
 
@@ -141,21 +149,21 @@ impl Cache {
             self.backend.set(&full, value, ttl, only_if_absent).await
         }
         .await;
-        trace("set", key, started, &result, None);
+        self.trace("set", key, started, &result, None);
         result
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
         let started = Instant::now();
         let result = async { self.backend.delete(&self.full_keys(keys)?).await }.await;
-        trace("delete", &keys.join(","), started, &result, None);
+        self.trace("delete", &keys.join(","), started, &result, None);
         result
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
         let started = Instant::now();
         let result = async { self.backend.exists(&self.full_key(key)?).await }.await;
-        trace("exists", key, started, &result, None);
+        self.trace("exists", key, started, &result, None);
         result
     }
 
@@ -167,14 +175,14 @@ impl Cache {
                 .await
         }
         .await;
-        trace("expire", key, started, &result, None);
+        self.trace("expire", key, started, &result, None);
         result
     }
 
     pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
         let started = Instant::now();
         let result = async { self.backend.ttl(&self.full_key(key)?).await }.await;
-        trace("ttl", key, started, &result, None);
+        self.trace("ttl", key, started, &result, None);
         result
     }
 
@@ -186,7 +194,7 @@ impl Cache {
                 .await
         }
         .await;
-        trace("incr-by", key, started, &result, None);
+        self.trace("incr-by", key, started, &result, None);
         result
     }
 
@@ -204,7 +212,7 @@ impl Cache {
                 .await
         }
         .await;
-        trace("incr-by-bounded", key, started, &result, None);
+        self.trace("incr-by-bounded", key, started, &result, None);
         result
     }
 
@@ -223,18 +231,31 @@ impl Cache {
             self.backend.compare_and_swap(&full, expected, new, ttl).await
         }
         .await;
-        trace("compare-and-swap", key, started, &result, None);
+        self.trace("compare-and-swap", key, started, &result, None);
         result
     }
-}
 
-/// One event per operation: the key as the guest named it, never the value.
-fn trace<T>(op: &'static str, key: &str, started: Instant, result: &Result<T, CacheError>, hit: Option<bool>) {
-    let micros = started.elapsed().as_micros() as u64;
-    match result {
-        Ok(_) => tracing::debug!(target: "edge_cache::cache", op, key, hit, micros, outcome = "ok"),
-        Err(error) => {
-            tracing::warn!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error)
+    /// One event per operation (the key as the guest named it, never the
+    /// value) and its metrics.
+    fn trace<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        started: Instant,
+        result: &Result<T, CacheError>,
+        hit: Option<bool>,
+    ) {
+        let took = started.elapsed();
+        let micros = took.as_micros() as u64;
+        match result {
+            Ok(_) => {
+                self.metrics.observe(op, took, None);
+                tracing::debug!(target: "edge_cache::cache", op, key, hit, micros, outcome = "ok")
+            }
+            Err(error) => {
+                self.metrics.observe(op, took, Some(error.kind()));
+                tracing::warn!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error)
+            }
         }
     }
 }

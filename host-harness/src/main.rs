@@ -37,6 +37,11 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
+    /// Address of the admin listener serving /metrics (Prometheus) and
+    /// /healthz; none when absent.
+    #[arg(long, env = "EDGE_CACHE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+
     /// The edge function component; defaults to the guest built with this binary.
     #[arg(long, env = "EDGE_CACHE_COMPONENT", default_value = BUILT_GUEST)]
     component: PathBuf,
@@ -229,11 +234,33 @@ async fn main() -> anyhow::Result<()> {
         namespace = %config.namespace,
         "serving the edge function with {store}; try GET /profiles/alice"
     );
-    let shutdown = async {
+    let harness = Arc::new(harness);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let admin = match args.admin_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} for the admin endpoints"))?;
+            tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
+            Some(tokio::spawn(harness.clone().serve_admin(listener, until_stopped())))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
-    };
-    Arc::new(harness).serve(listener, shutdown).await;
+        let _ = stop.send(true);
+    });
+    harness.serve(listener, until_stopped()).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     Ok(())
 }
 

@@ -5,9 +5,9 @@
 //! trip to the origin, and can add a fixed latency to behave like a remote
 //! service.
 
+use prometheus_client::metrics::counter::Counter;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
@@ -50,7 +50,7 @@ pub struct Origin {
 
 struct Inner {
     db: Mutex<Connection>,
-    reads: AtomicU64,
+    reads: Counter,
     latency: Duration,
 }
 
@@ -75,7 +75,7 @@ impl Origin {
         Ok(Self {
             inner: Arc::new(Inner {
                 db: Mutex::new(db),
-                reads: AtomicU64::new(0),
+                reads: Counter::default(),
                 latency: config.latency,
             }),
         })
@@ -83,11 +83,16 @@ impl Origin {
 
     /// How many times `fetch` has been called.
     pub fn reads(&self) -> u64 {
-        self.inner.reads.load(Ordering::Relaxed)
+        self.inner.reads.get()
+    }
+
+    /// The read counter, for metrics.
+    pub fn read_counter(&self) -> &Counter {
+        &self.inner.reads
     }
 
     pub async fn fetch(&self, id: &str) -> Result<Option<String>, OriginError> {
-        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.reads.inc();
         let id = id.to_owned();
         self.blocking(move |db| {
             Ok(db

@@ -8,6 +8,7 @@ use crate::bindings::{EdgeFunction, EdgeFunctionPre};
 use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
 use crate::engine::{GuestLimits, new_engine, set_deadline};
 use crate::host::{self, EdgeCtx, EdgeState};
+use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginConfig, OriginError};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -16,7 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,7 @@ pub struct Harness {
     edge: EdgeCtx,
     guest_env: Vec<(String, String)>,
     limits: GuestLimits,
+    metrics: Metrics,
 }
 
 impl Harness {
@@ -165,6 +167,7 @@ impl Harness {
         })?;
         Ok(Self {
             pre,
+            metrics: Metrics::new(cache.metrics(), origin.read_counter()),
             edge: EdgeCtx { cache, origin },
             guest_env: config.guest_env.clone(),
             limits: config.guest_limits,
@@ -177,6 +180,10 @@ impl Harness {
 
     pub fn origin(&self) -> &Origin {
         &self.edge.origin
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn new_store(&self) -> Store<EdgeState> {
@@ -211,7 +218,7 @@ impl Harness {
     ) -> hyper::Response<HyperOutgoingBody> {
         let client_ip = HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
         request.headers_mut().insert(CLIENT_IP_HEADER, client_ip);
-        match self.run_guest(request).await {
+        let response = match self.run_guest(request).await {
             Ok(response) => response,
             Err(error) if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
                 tracing::error!(timeout = ?self.limits.request_timeout, "edge function stopped at its deadline");
@@ -230,7 +237,11 @@ impl Harness {
                     "the edge function failed; see the harness log",
                 )
             }
-        }
+        };
+        let x_cache = response.headers().get("x-cache").and_then(|value| value.to_str().ok());
+        let status = response.status().as_u16();
+        self.metrics.observe_response(status, x_cache, status == 429);
+        response
     }
 
     async fn run_guest(
@@ -262,39 +273,82 @@ impl Harness {
         }
     }
 
-    /// Accepts connections on `listener` until `shutdown` completes.
+    /// Serves the edge function on `listener` until `shutdown` completes.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = &mut shutdown => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        accept_loop(listener, shutdown, move |request, peer| {
             let harness = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let harness = harness.clone();
-                    async move { Ok::<_, std::convert::Infallible>(harness.handle(request, peer.ip()).await) }
-                });
-                if let Err(error) = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
-                }
-            });
-        }
+            async move { harness.handle(request, peer.ip()).await }
+        })
+        .await;
     }
+
+    /// Serves `/metrics` (OpenMetrics text) and `/healthz` on `listener`
+    /// until `shutdown` completes.
+    pub async fn serve_admin(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        accept_loop(listener, shutdown, move |request, _| {
+            let harness = self.clone();
+            async move {
+                match request.uri().path() {
+                    "/metrics" => {
+                        let mut response = hyper::Response::new(full_body(harness.metrics.render()));
+                        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                        response
+                    }
+                    "/healthz" => hyper::Response::new(full_body("ok\n".into())),
+                    other => problem(404, "not-found", "Not found", &format!("no admin route {other}")),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Accepts HTTP/1.1 connections until `shutdown` completes, answering each
+/// request with `handler`.
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
+where
+    F: Fn(hyper::Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<HyperOutgoingBody>> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = handler(request, peer);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn full_body(text: String) -> HyperOutgoingBody {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn load_component(engine: &Engine, path: &PathBuf) -> Result<Component, StartupError> {
@@ -315,10 +369,7 @@ fn problem(status: u16, kind: &str, title: &str, detail: &str) -> hyper::Respons
         "status": status,
         "detail": detail,
     });
-    let body: HyperOutgoingBody = Full::new(Bytes::from(body.to_string()))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response = hyper::Response::new(body);
+    let mut response = hyper::Response::new(full_body(body.to_string()));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     response
         .headers_mut()

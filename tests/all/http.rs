@@ -479,3 +479,75 @@ async fn exports_work_without_http() {
         Err(rate_limit::Error::InvalidPolicy(_))
     ));
 }
+
+/// `/metrics` on the admin listener counts what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_the_requests_made() {
+    let server = RedisServer::start();
+    let guest_env = vec![("RATE_LIMIT_REQUESTS".to_owned(), "4".to_owned())];
+    let served = Served::start(HarnessConfig {
+        guest_env,
+        ..config(server.backend())
+    })
+    .await;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_address = admin.local_addr().unwrap();
+    tokio::spawn(served.harness.clone().serve_admin(admin, std::future::pending()));
+
+    within_one_window(60, Duration::from_secs(10)).await;
+    for path in [
+        "/profiles/alice",
+        "/profiles/alice",
+        "/profiles/alice",
+        "/profiles/nobody",
+        "/profiles/bob",
+    ] {
+        served.get(path).await;
+    }
+    let response = served
+        .client
+        .get(format!("http://{admin_address}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(value(r#"edge_cache_http_responses_total{status="200"}"#), 3.0);
+    assert_eq!(value(r#"edge_cache_http_responses_total{status="404"}"#), 1.0);
+    assert_eq!(value(r#"edge_cache_http_responses_total{status="429"}"#), 1.0);
+    assert_eq!(value(r#"edge_cache_rate_limit_decisions_total{result="allowed"}"#), 4.0);
+    assert_eq!(value(r#"edge_cache_rate_limit_decisions_total{result="denied"}"#), 1.0);
+    assert_eq!(value(r#"edge_cache_cache_lookups_total{result="hit"}"#), 2.0);
+    assert_eq!(value(r#"edge_cache_cache_lookups_total{result="miss"}"#), 1.0);
+    assert!((value("edge_cache_cache_hit_ratio") - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(value("edge_cache_origin_reads_total"), 2.0);
+    // Every request made one limiter round trip; lookups made theirs.
+    assert_eq!(
+        value(r#"edge_cache_store_operation_duration_seconds_count{op="incr-by-bounded"}"#),
+        5.0
+    );
+    assert!(value(r#"edge_cache_store_operation_duration_seconds_count{op="get"}"#) >= 4.0);
+    assert!(
+        !text.contains("edge_cache_store_errors_total{"),
+        "no store errors:\n{text}"
+    );
+
+    let health = served
+        .client
+        .get(format!("http://{admin_address}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

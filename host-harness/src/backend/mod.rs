@@ -30,6 +30,21 @@ pub enum CacheError {
     Other(String),
 }
 
+impl CacheError {
+    /// A short name of the kind of error, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout(_) => "timeout",
+            Self::InvalidKey(_) => "invalid-key",
+            Self::ValueTooLarge { .. } => "value-too-large",
+            Self::WrongType => "wrong-type",
+            Self::InvalidArgument(_) => "invalid-argument",
+            Self::Other(_) => "other",
+        }
+    }
+}
+
 /// A key's remaining lifetime, as `TTL` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {

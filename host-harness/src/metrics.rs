@@ -1,0 +1,149 @@
+//! Prometheus metrics (OpenMetrics text), served on the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub op: &'static str,
+    pub error: &'static str,
+}
+
+/// Builds the store latency histogram: 50 µs to ~0.8 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
+}
+
+/// What the cache facade measures: every store operation's latency and
+/// errors (for the Redis backend these are Redis round trips).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    pub errors: Family<ErrorLabels, Counter>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        Self {
+            latency,
+            errors: Family::default(),
+        }
+    }
+}
+
+impl StoreMetrics {
+    pub fn observe(&self, op: &'static str, took: Duration, error: Option<&'static str>) {
+        self.latency
+            .get_or_create(&OperationLabels { op })
+            .observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.errors.get_or_create(&ErrorLabels { op, error }).inc();
+        }
+    }
+}
+
+/// Everything the harness exposes on `/metrics`.
+pub struct Metrics {
+    registry: Registry,
+    pub responses: Family<StatusLabels, Counter>,
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    pub cache_hit_ratio: Gauge<f64, AtomicU64>,
+    pub rate_limit_decisions: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers the harness's metrics, the store's and the origin's read
+    /// counter.
+    pub fn new(store: &StoreMetrics, origin_reads: &Counter) -> Self {
+        let mut registry = Registry::with_prefix("edge_cache");
+        let metrics = Self {
+            responses: Family::default(),
+            cache_lookups: Family::default(),
+            cache_hit_ratio: Gauge::default(),
+            rate_limit_decisions: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_responses",
+            "HTTP responses by status code",
+            metrics.responses.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Profile lookups by result (x-cache: hit, miss, stale, bypass)",
+            metrics.cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_hit_ratio",
+            "Share of profile lookups answered from the cache (hit or stale)",
+            metrics.cache_hit_ratio.clone(),
+        );
+        registry.register(
+            "rate_limit_decisions",
+            "Rate limit decisions (allowed, denied)",
+            metrics.rate_limit_decisions.clone(),
+        );
+        registry.register("origin_reads", "Reads from the profile origin", origin_reads.clone());
+        registry.register(
+            "store_operation_duration_seconds",
+            "Cache store operations (Redis round trips) by operation",
+            store.latency.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Cache store errors by operation and kind",
+            store.errors.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    /// Counts one response the edge function gave.
+    pub fn observe_response(&self, status: u16, x_cache: Option<&str>, rate_limited: bool) {
+        self.responses.get_or_create(&StatusLabels { status }).inc();
+        let decision = if rate_limited { "denied" } else { "allowed" };
+        self.rate_limit_decisions
+            .get_or_create(&ResultLabels { result: decision })
+            .inc();
+        let result = match x_cache {
+            Some("hit") => "hit",
+            Some("miss") => "miss",
+            Some("stale") => "stale",
+            Some("bypass") => "bypass",
+            _ => return,
+        };
+        self.cache_lookups.get_or_create(&ResultLabels { result }).inc();
+        let count = |result| self.cache_lookups.get_or_create(&ResultLabels { result }).get() as f64;
+        let served = count("hit") + count("stale");
+        let total = served + count("miss") + count("bypass");
+        self.cache_hit_ratio.set(served / total);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
