@@ -6,4 +6,6 @@ fn main() {
     let misbehaving =
         edge_cache_build_support::build_component(workspace, "misbehaving-guest", &["tests/guests/misbehaving"]);
     println!("cargo:rustc-env=MISBEHAVING_GUEST={}", misbehaving.display());
+    let gateway = edge_cache_build_support::build_component(workspace, "gateway", &["examples/gateway"]);
+    println!("cargo:rustc-env=GATEWAY_COMPONENT={}", gateway.display());
 }

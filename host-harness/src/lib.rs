@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod bindings;
 pub mod cache;
+pub mod compose;
 pub mod engine;
 pub mod host;
 pub mod metrics;

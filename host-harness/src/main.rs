@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_cache_guest::config as guest;
 use edge_cache_harness::backend::redis::{RedisConfig, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
+use edge_cache_harness::compose;
 use edge_cache_harness::engine::GuestLimits;
 use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
@@ -29,6 +30,21 @@ struct Cli {
 enum Command {
     /// Serve the edge function over HTTP.
     Serve(ServeArgs),
+    /// Compose an app with the edge function: plug the exports of `--plug`
+    /// components into the app's imports (as `wac plug` does).
+    Compose(ComposeArgs),
+}
+
+#[derive(Args)]
+struct ComposeArgs {
+    /// The component whose imports are satisfied (e.g. an edge-app).
+    app: PathBuf,
+    /// A component whose exports satisfy them; defaults to the built guest.
+    #[arg(long = "plug", default_value = BUILT_GUEST)]
+    plugs: Vec<PathBuf>,
+    /// Where to write the composed component.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -212,7 +228,17 @@ impl ServeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Compose(args) => {
+            let plugs: Vec<&std::path::Path> = args.plugs.iter().map(PathBuf::as_path).collect();
+            let composed = compose::plug(&args.app, &plugs)?;
+            std::fs::write(&args.output, composed)
+                .with_context(|| format!("cannot write {}", args.output.display()))?;
+            println!("wrote {}", args.output.display());
+            return Ok(());
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
         LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
@@ -100,6 +101,8 @@ pub enum StartupError {
     ComponentMissing { path: PathBuf },
     #[error("cannot load component {}: {reason}", path.display())]
     ComponentInvalid { path: PathBuf, reason: String },
+    #[error("the component cannot be served: {0}")]
+    ComponentMismatch(String),
     #[error(transparent)]
     Redis(#[from] ConnectError),
     #[error(transparent)]
@@ -115,7 +118,8 @@ pub enum StartupError {
 /// A ready-to-serve edge function: compiled once, linked once, instantiated
 /// per request.
 pub struct Harness {
-    pre: EdgeFunctionPre<EdgeState>,
+    http: ProxyPre<EdgeState>,
+    exports: Option<EdgeFunctionPre<EdgeState>>,
     edge: EdgeCtx,
     guest_env: Vec<(String, String)>,
     limits: GuestLimits,
@@ -155,18 +159,16 @@ impl Harness {
         )
         .map_err(engine_error)?;
         host::add_to_linker(&mut linker, |state| &mut state.edge).map_err(engine_error)?;
-        let instance_pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| StartupError::ComponentInvalid {
-                path: PathBuf::from("<component>"),
-                reason: format!("{e:#}"),
-            })?;
-        let pre = EdgeFunctionPre::new(instance_pre).map_err(|e| StartupError::ComponentInvalid {
-            path: PathBuf::from("<component>"),
-            reason: format!("it does not export the edge-function world: {e:#}"),
-        })?;
+        let mismatch = |e: wasmtime::Error| StartupError::ComponentMismatch(format!("{e:#}"));
+        let instance_pre = linker.instantiate_pre(component).map_err(mismatch)?;
+        // Any component serving `wasi:http/incoming-handler` can be served
+        // (the guest, or an app composed with it); the `profiles` and
+        // `rate-limit` exports are optional.
+        let http = ProxyPre::new(instance_pre.clone()).map_err(mismatch)?;
+        let exports = EdgeFunctionPre::new(instance_pre).ok();
         Ok(Self {
-            pre,
+            http,
+            exports,
             metrics: Metrics::new(cache.metrics(), origin.read_counter()),
             edge: EdgeCtx { cache, origin },
             guest_env: config.guest_env.clone(),
@@ -196,17 +198,20 @@ impl Harness {
             edge: self.edge.clone(),
             limits,
         };
-        let mut store = Store::new(self.pre.engine(), state);
+        let mut store = Store::new(self.http.engine(), state);
         store.limiter(|state| &mut state.limits);
         set_deadline(&mut store, self.limits.request_timeout);
         store
     }
 
     /// A fresh instance, for calling the `profiles` and `rate-limit` exports
-    /// directly.
+    /// directly (when the component has them).
     pub async fn instantiate(&self) -> wasmtime::Result<(Store<EdgeState>, EdgeFunction)> {
+        let Some(exports) = &self.exports else {
+            wasmtime::bail!("this component does not export the whole edge-function world");
+        };
         let mut store = self.new_store();
-        let instance = self.pre.instantiate_async(&mut store).await?;
+        let instance = exports.instantiate_async(&mut store).await?;
         Ok((store, instance))
     }
 
@@ -252,7 +257,7 @@ impl Harness {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let response_out = store.data_mut().http().new_response_outparam(sender)?;
-        let pre = self.pre.clone();
+        let pre = self.http.clone();
         // The guest keeps running after it hands over the response head, to
         // stream the body; it runs in a task of its own.
         let guest = tokio::spawn(async move {

@@ -2,6 +2,7 @@
 
 mod bounded;
 mod component_world;
+mod composition;
 mod conformance;
 mod http;
 mod redis_ops;
