@@ -80,6 +80,18 @@ struct ServeArgs {
     #[arg(long, env = "REDIS_COMMAND_TIMEOUT_MS", default_value_t = 500)]
     redis_command_timeout_ms: u64,
 
+    /// Times a lost Redis connection is retried before commands report it.
+    #[arg(long, env = "REDIS_RECONNECT_RETRIES", default_value_t = 3)]
+    redis_reconnect_retries: usize,
+
+    /// Longest wait between two reconnection attempts, in milliseconds.
+    #[arg(long, env = "REDIS_MAX_RECONNECT_DELAY_MS", default_value_t = 2000)]
+    redis_max_reconnect_delay_ms: u64,
+
+    /// The largest value a guest may store, e.g. 1MB.
+    #[arg(long, env = "EDGE_CACHE_MAX_VALUE_SIZE", default_value = "1MB", value_parser = parse_size)]
+    max_value_size: u64,
+
     /// Namespace prefixed to every cache key of this function.
     #[arg(long, env = "EDGE_CACHE_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     namespace: String,
@@ -201,6 +213,8 @@ impl ServeArgs {
                 db: self.redis_db,
                 connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
                 command_timeout: Duration::from_millis(self.redis_command_timeout_ms),
+                reconnect_retries: self.redis_reconnect_retries,
+                max_reconnect_delay: Duration::from_millis(self.redis_max_reconnect_delay_ms),
                 ..RedisConfig::new(url.clone())
             }),
             None => BackendConfig::Memory {
@@ -211,7 +225,10 @@ impl ServeArgs {
             component: self.component.clone(),
             backend,
             namespace: self.namespace.clone(),
-            limits: Limits::default(),
+            limits: Limits {
+                max_value_bytes: usize::try_from(self.max_value_size).unwrap_or(usize::MAX),
+                ..Limits::default()
+            },
             origin: OriginConfig {
                 database: self.origin_db.clone(),
                 latency: Duration::from_millis(self.origin_latency_ms),
