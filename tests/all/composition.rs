@@ -4,7 +4,7 @@
 
 use edge_cache_harness::BUILT_GUEST;
 use edge_cache_harness::compose;
-use edge_cache_tests::{ENGINE, RedisServer, Served, config};
+use edge_cache_tests::{ENGINE, RedisServer, Served, WorldNames, config};
 use redis::AsyncCommands;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -20,24 +20,13 @@ static COMPOSED: LazyLock<Component> =
 
 #[test]
 fn the_composition_imports_only_the_cache_the_origin_and_wasi() {
-    let wit_component::DecodedWasm::Component(resolve, world) = wit_component::decode(&COMPOSED_BYTES).unwrap() else {
-        panic!("a component");
-    };
-    let names = |items: &wit_parser::IndexMap<wit_parser::WorldKey, wit_parser::WorldItem>| -> BTreeSet<String> {
-        items.keys().map(|key| resolve.name_world_key(key)).collect()
-    };
-    let imports = names(&resolve.worlds[world].imports);
-    let own: BTreeSet<&str> = imports
-        .iter()
-        .map(String::as_str)
-        .filter(|name| !name.starts_with("wasi:"))
-        .collect();
+    let world = WorldNames::of(&COMPOSED_BYTES);
     assert_eq!(
-        own,
+        world.own_imports(),
         BTreeSet::from(["edge:cache/cache@0.1.0", "edge:cache/origin@0.1.0"])
     );
     assert_eq!(
-        names(&resolve.worlds[world].exports),
+        world.exports,
         BTreeSet::from(["wasi:http/incoming-handler@0.2.12".to_owned()])
     );
 }

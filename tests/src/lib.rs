@@ -264,3 +264,37 @@ pub async fn within_one_window(window_seconds: u64, margin: Duration) {
         tokio::time::sleep(left + Duration::from_millis(20)).await;
     }
 }
+
+/// The interfaces a component imports and exports, by name, decoded from
+/// its bytes.
+pub struct WorldNames {
+    pub imports: std::collections::BTreeSet<String>,
+    pub exports: std::collections::BTreeSet<String>,
+}
+
+impl WorldNames {
+    pub fn of(component: &[u8]) -> Self {
+        let wit_component::DecodedWasm::Component(resolve, world) =
+            wit_component::decode(component).expect("a valid component")
+        else {
+            panic!("a component, not a WIT package");
+        };
+        let names = |items: &wit_parser::IndexMap<wit_parser::WorldKey, wit_parser::WorldItem>| {
+            items.keys().map(|key| resolve.name_world_key(key)).collect()
+        };
+        let world = &resolve.worlds[world];
+        Self {
+            imports: names(&world.imports),
+            exports: names(&world.exports),
+        }
+    }
+
+    /// The imports that are not WASI's.
+    pub fn own_imports(&self) -> std::collections::BTreeSet<&str> {
+        self.imports
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with("wasi:"))
+            .collect()
+    }
+}
