@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the edge function over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Compose an app with the edge function: plug the exports of `--plug`
     /// components into the app's imports (as `wac plug` does).
     Compose(ComposeArgs),
