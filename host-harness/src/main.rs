@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_cache_guest::config as guest;
-use edge_cache_harness::backend::redis::{RedisConfig, redact_url};
+use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::compose;
 use edge_cache_harness::engine::GuestLimits;
@@ -66,6 +66,17 @@ struct ServeArgs {
     /// rediss://… for TLS. Without it, the embedded in-memory cache is used.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+
+    /// A Redis Cluster seed node (repeat the flag, or give a comma-separated
+    /// list in the environment), e.g. redis://user:password@10.0.0.1:7000.
+    #[arg(
+        long = "redis-cluster-url",
+        env = "REDIS_CLUSTER_URLS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        conflicts_with = "redis_url"
+    )]
+    redis_cluster_urls: Vec<String>,
 
     /// Redis database number (overrides the one in the URL).
     #[arg(long, env = "REDIS_DB")]
@@ -207,12 +218,21 @@ impl ServeArgs {
         env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
     }
 
-    fn harness_config(&self) -> HarnessConfig {
-        let backend = match &self.redis_url {
+    fn backend_config(&self) -> BackendConfig {
+        let connect_timeout = Duration::from_millis(self.redis_connect_timeout_ms);
+        let command_timeout = Duration::from_millis(self.redis_command_timeout_ms);
+        if !self.redis_cluster_urls.is_empty() {
+            return BackendConfig::RedisCluster(RedisClusterConfig {
+                connect_timeout,
+                command_timeout,
+                ..RedisClusterConfig::new(self.redis_cluster_urls.clone())
+            });
+        }
+        match &self.redis_url {
             Some(url) => BackendConfig::Redis(RedisConfig {
                 db: self.redis_db,
-                connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
-                command_timeout: Duration::from_millis(self.redis_command_timeout_ms),
+                connect_timeout,
+                command_timeout,
                 reconnect_retries: self.redis_reconnect_retries,
                 max_reconnect_delay: Duration::from_millis(self.redis_max_reconnect_delay_ms),
                 ..RedisConfig::new(url.clone())
@@ -220,10 +240,13 @@ impl ServeArgs {
             None => BackendConfig::Memory {
                 max_memory: self.max_memory,
             },
-        };
+        }
+    }
+
+    fn harness_config(&self) -> HarnessConfig {
         HarnessConfig {
             component: self.component.clone(),
-            backend,
+            backend: self.backend_config(),
             namespace: self.namespace.clone(),
             limits: Limits {
                 max_value_bytes: usize::try_from(self.max_value_size).unwrap_or(usize::MAX),
@@ -263,9 +286,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let config = args.harness_config();
-    let store = match &args.redis_url {
-        Some(url) => format!("Redis at {}", redact_url(url)),
-        None => format!("the embedded cache (at most {} KiB)", args.max_memory / 1024),
+    let store = match &config.backend {
+        BackendConfig::Redis(redis) => format!("Redis at {}", redact_url(&redis.url)),
+        BackendConfig::RedisCluster(cluster) => {
+            let nodes: Vec<String> = cluster.urls.iter().map(|url| redact_url(url)).collect();
+            format!("the Redis Cluster at {}", nodes.join(","))
+        }
+        BackendConfig::Memory { max_memory } => format!("the embedded cache (at most {} KiB)", max_memory / 1024),
     };
     let harness = Harness::start(&config).await.context("edge-cache could not start")?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -3,7 +3,7 @@
 
 use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_MEMORY, MemoryBackend};
-use crate::backend::redis::{ConnectError, RedisBackend, RedisConfig};
+use crate::backend::redis::{ConnectError, RedisBackend, RedisClusterConfig, RedisConfig};
 use crate::bindings::{EdgeFunction, EdgeFunctionPre};
 use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
 use crate::engine::{GuestLimits, new_engine, set_deadline};
@@ -45,6 +45,8 @@ pub enum BackendConfig {
     Memory { max_memory: u64 },
     /// A Redis server.
     Redis(RedisConfig),
+    /// A Redis Cluster.
+    RedisCluster(RedisClusterConfig),
 }
 
 impl Default for BackendConfig {
@@ -61,6 +63,7 @@ impl BackendConfig {
         Ok(match self {
             Self::Memory { max_memory } => Backend::Memory(MemoryBackend::new(*max_memory)),
             Self::Redis(config) => Backend::Redis(RedisBackend::connect(config).await?),
+            Self::RedisCluster(config) => Backend::Redis(RedisBackend::connect_cluster(config).await?),
         })
     }
 }

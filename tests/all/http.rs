@@ -373,7 +373,7 @@ async fn guest_configuration_comes_from_the_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_falls_back_to_the_origin() {
     let server = RedisServer::start();
-    let served = Served::start(config(server.backend())).await;
+    let served = Served::start(config(server.backend_with_timeout(Duration::from_millis(300)))).await;
     assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "miss");
     assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
 

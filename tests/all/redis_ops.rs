@@ -77,7 +77,11 @@ async fn acl_key_patterns_confine_the_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_gives_typed_errors_quickly_and_service_recovers() {
     let mut server = RedisServer::start();
-    let backend = server.backend().connect().await.unwrap();
+    let backend = server
+        .backend_with_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
     let cache = Cache::new(backend, "outage", Limits::default()).unwrap();
     cache.set("k", b"v", None, false).await.unwrap();
 

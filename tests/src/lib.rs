@@ -151,10 +151,18 @@ impl RedisServer {
     }
 
     /// A harness configuration for this server, with short timeouts.
+    /// A harness configuration for this server. The command timeout is
+    /// generous: a loaded test machine must not turn into fail-open
+    /// decisions where a test counts exact ones.
     pub fn backend(&self) -> BackendConfig {
+        self.backend_with_timeout(Duration::from_secs(3))
+    }
+
+    /// A harness configuration with a short command timeout, for outages.
+    pub fn backend_with_timeout(&self, command_timeout: Duration) -> BackendConfig {
         BackendConfig::Redis(RedisConfig {
             connect_timeout: Duration::from_millis(500),
-            command_timeout: Duration::from_millis(300),
+            command_timeout,
             ..RedisConfig::new(self.url())
         })
     }

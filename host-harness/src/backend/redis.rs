@@ -1,5 +1,6 @@
-//! The Redis backend: one multiplexed [`ConnectionManager`] shared by every
-//! instance, every command bounded by a deadline.
+//! The Redis backend: one multiplexed connection shared by every instance
+//! (a [`ConnectionManager`] for one server, the async cluster client for a
+//! Redis Cluster), every command bounded by a deadline.
 //!
 //! `ConnectionManager` reconnects on its own, but while it does, a command can
 //! wait for seconds; the deadline turns that into a quick, typed `Timeout` so
@@ -7,8 +8,13 @@
 //! run by SHA and loaded on `NOSCRIPT`, so each is one atomic round trip.
 
 use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Script, ServerErrorKind, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Client, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script,
+    ServerErrorKind, Value,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +99,30 @@ impl RedisConfig {
     }
 }
 
+/// How to reach a Redis Cluster: seed nodes (any few of its nodes; the
+/// client discovers the rest), with the same timeouts as a single server.
+#[derive(Debug, Clone)]
+pub struct RedisClusterConfig {
+    /// `redis://` or `rediss://` URLs of seed nodes; credentials in the
+    /// first one apply to every node.
+    pub urls: Vec<String>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// How many times a command is retried on redirections and failovers.
+    pub retries: u32,
+}
+
+impl RedisClusterConfig {
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_millis(500),
+            retries: 3,
+        }
+    }
+}
+
 /// Why the Redis backend could not start.
 #[derive(Debug, Error)]
 pub enum ConnectError {
@@ -119,9 +149,45 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// One server's connection manager, or a cluster's connection; both are
+/// multiplexed and cheap to clone.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisBackend {
-    connection: ConnectionManager,
+    connection: Connection,
     command_timeout: Duration,
     scripts: Arc<Scripts>,
 }
@@ -174,9 +240,54 @@ impl RedisBackend {
         .await
         .map_err(|_| unreachable(format!("no connection within {startup_deadline:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
+        Self::ready(Connection::Single(connection), config.command_timeout, unreachable).await
+    }
+
+    /// Connects to a Redis Cluster through its seed nodes and checks it.
+    pub async fn connect_cluster(config: &RedisClusterConfig) -> Result<Self, ConnectError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let redacted = config
+            .urls
+            .iter()
+            .map(|url| redact_url(url))
+            .collect::<Vec<_>>()
+            .join(",");
+        if config.urls.is_empty() {
+            return Err(ConnectError::InvalidUrl {
+                url: redacted,
+                reason: "no cluster node given".into(),
+            });
+        }
+        let client = ClusterClient::builder(config.urls.iter().map(String::as_str))
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.command_timeout)
+            .retries(config.retries)
+            .build()
+            .map_err(|e| ConnectError::InvalidUrl {
+                url: redacted.clone(),
+                reason: e.to_string(),
+            })?;
+        let unreachable = |reason: String| ConnectError::Unreachable {
+            url: redacted.clone(),
+            reason,
+        };
+        let startup_deadline = config.connect_timeout * 2;
+        let connection = timeout(startup_deadline, client.get_async_connection())
+            .await
+            .map_err(|_| unreachable(format!("no connection within {startup_deadline:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Self::ready(Connection::Cluster(connection), config.command_timeout, unreachable).await
+    }
+
+    /// Wraps a fresh connection and checks it with a `PING`.
+    async fn ready(
+        connection: Connection,
+        command_timeout: Duration,
+        unreachable: impl Fn(String) -> ConnectError,
+    ) -> Result<Self, ConnectError> {
         let backend = Self {
             connection,
-            command_timeout: config.command_timeout,
+            command_timeout,
             scripts: Arc::new(Scripts {
                 incr_by: Script::new(INCR_BY_SCRIPT),
                 incr_by_bounded: Script::new(INCR_BY_BOUNDED_SCRIPT),
@@ -191,11 +302,16 @@ impl RedisBackend {
         Ok(backend)
     }
 
+    /// Whether this backend talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
     /// Runs one request on a clone of the shared connection, within the
     /// command deadline.
     async fn bounded<T, F, Fut>(&self, request: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         match timeout(self.command_timeout, request(self.connection.clone())).await {
