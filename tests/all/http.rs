@@ -159,6 +159,11 @@ async fn limiters_are_exact_under_concurrency(backend: BackendConfig) {
                 other => panic!("unexpected status {other}"),
             }
         }
+        let metrics = served.harness.metrics().render();
+        assert!(
+            !metrics.contains("edge_cache_store_errors_total{"),
+            "{algorithm}: decisions without the cache:\n{metrics}"
+        );
         assert_eq!(allowed, 50, "{algorithm}: exactly the limit is let through");
         // The headers agree with the decision that was made.
         let refused = served

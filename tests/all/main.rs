@@ -1,6 +1,7 @@
 //! The end-to-end suite: one test binary, so the guest is compiled once.
 
 mod bounded;
+mod cluster;
 mod component_world;
 mod composition;
 mod conformance;

@@ -54,6 +54,16 @@ fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
     }
 }
 
+/// A free loopback port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A free loopback port (never Redis' 6379).
 fn free_port() -> u16 {
     loop {
@@ -85,10 +95,14 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments, e.g.
     /// `["--maxmemory", "1mb"]`.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port, extra)
+    }
+
+    fn start_on(pick_port: fn() -> u16, extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|arg| arg.to_string()).collect();
         // A port can be taken between probing and binding: try a few.
         for _ in 0..5 {
-            let port = free_port();
+            let port = pick_port();
             let dir = std::env::temp_dir().join(format!("edge-cache-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create the server's directory");
             let child = spawn(port, &dir, &extra);
@@ -304,5 +318,168 @@ impl WorldNames {
             .map(String::as_str)
             .filter(|name| !name.starts_with("wasi:"))
             .collect()
+    }
+}
+
+/// A Redis Cluster of real `redis-server` processes on loopback: `masters`
+/// primaries, each with `replicas_per_master` replicas; killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas_per_master: usize) -> Self {
+        let count = masters * (1 + replicas_per_master);
+        let nodes: Vec<RedisServer> = (0..count)
+            .map(|_| {
+                RedisServer::start_on(
+                    free_cluster_port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--cluster-require-full-coverage",
+                        "no",
+                    ],
+                )
+            })
+            .collect();
+        let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port())).collect();
+        let created = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas_per_master.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cli} (Debian's redis-tools, installed with redis-server): {e}"));
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed:\n{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_until(Duration::from_secs(20), |cluster| cluster.is_healthy(masters, count));
+        cluster
+    }
+
+    /// Seed URLs for the harness (all nodes; the client needs only one).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    pub fn backend(&self) -> BackendConfig {
+        BackendConfig::RedisCluster(edge_cache_harness::backend::redis::RedisClusterConfig {
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_secs(3),
+            ..edge_cache_harness::backend::redis::RedisClusterConfig::new(self.urls())
+        })
+    }
+
+    fn query<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(node.url()).ok()?;
+        let mut connection = client.get_connection_with_timeout(Duration::from_millis(300)).ok()?;
+        command.query(&mut connection).ok()
+    }
+
+    /// Every live node sees the cluster as ok, with all slots served, and
+    /// every replica is in sync with its primary.
+    fn is_healthy(&self, masters: usize, live: usize) -> bool {
+        let replicas_in_sync = self
+            .nodes
+            .iter()
+            .filter_map(|node| Self::query::<String>(node, redis::cmd("INFO").arg("replication")))
+            .filter(|info| info.contains("role:slave"))
+            .all(|info| info.contains("master_link_status:up"));
+        if !replicas_in_sync {
+            return false;
+        }
+        let healthy = self
+            .nodes
+            .iter()
+            .filter_map(|node| Self::query::<String>(node, &redis::cmd("CLUSTER").arg("INFO").to_owned()))
+            .filter(|info| info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384"))
+            .count();
+        healthy >= live && self.masters().len() >= masters
+    }
+
+    /// The nodes that are primaries now.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&index| {
+                Self::query::<Vec<redis::Value>>(&self.nodes[index], &redis::cmd("ROLE"))
+                    .and_then(|role| role.first().cloned())
+                    .is_some_and(|role| matches!(role, redis::Value::BulkString(ref kind) if kind == b"master"))
+            })
+            .collect()
+    }
+
+    /// The primary serving `key`.
+    pub fn owner_of(&self, key: &str) -> usize {
+        let masters = self.masters();
+        let slot: i64 = Self::query(&self.nodes[masters[0]], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .expect("CLUSTER KEYSLOT answers");
+        masters
+            .into_iter()
+            .find(|&index| self.serves_slot(index, slot))
+            .expect("a primary serves every slot")
+    }
+
+    fn serves_slot(&self, index: usize, slot: i64) -> bool {
+        let Some(nodes) = Self::query::<String>(&self.nodes[index], &redis::cmd("CLUSTER").arg("NODES").to_owned())
+        else {
+            return false;
+        };
+        nodes.lines().filter(|line| line.contains("myself")).any(|line| {
+            line.split_whitespace()
+                .skip(8)
+                .any(|range| match range.split_once('-') {
+                    Some((from, to)) => {
+                        from.parse::<i64>().is_ok_and(|f| f <= slot) && to.parse::<i64>().is_ok_and(|t| slot <= t)
+                    }
+                    None => range.parse::<i64>() == Ok(slot),
+                })
+        })
+    }
+
+    /// The keys each node holds (primaries only hold keys of their slots).
+    pub fn keys_by_node(&self) -> Vec<Vec<String>> {
+        self.masters()
+            .into_iter()
+            .map(|index| Self::query(&self.nodes[index], redis::cmd("KEYS").arg("*")).unwrap_or_default())
+            .collect()
+    }
+
+    /// Kills node `index`, as a crash would.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].stop();
+    }
+
+    /// Waits until every remaining node agrees the cluster is ok again.
+    pub fn wait_for_failover(&self, masters: usize, live: usize) {
+        self.wait_until(Duration::from_secs(30), |cluster| cluster.is_healthy(masters, live));
+    }
+
+    fn wait_until(&self, within: Duration, ready: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !ready(self) {
+            if Instant::now() >= deadline {
+                let views: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|node| Self::query::<String>(node, &redis::cmd("CLUSTER").arg("NODES").to_owned()))
+                    .collect();
+                panic!(
+                    "the cluster did not become healthy within {within:?}; nodes see:
+{}",
+                    views.join(
+                        "
+"
+                    )
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! run by SHA and loaded on `NOSCRIPT`, so each is one atomic round trip.
 
 use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
+use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -331,18 +332,17 @@ impl RedisBackend {
         self.query(redis::Cmd::get(key)).await
     }
 
-    /// One pipelined round trip of `GET`s (unlike `MGET`, a pipeline can be
-    /// split by slot on a cluster).
+    /// One `MGET`, one round trip, on a single server. On a cluster, keys
+    /// may live in different slots (a multi-key command or a pipeline there
+    /// must stay in one): one `GET` per key, all in flight at once, each
+    /// routed by the cluster client, so the call still costs about one round
+    /// trip.
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        match (&self.connection, keys) {
+            (_, []) => Ok(Vec::new()),
+            (Connection::Single(_), keys) => self.query(redis::cmd("MGET").arg(keys).to_owned()).await,
+            (Connection::Cluster(_), keys) => try_join_all(keys.iter().map(|key| self.get(key))).await,
         }
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.get(key);
-        }
-        self.bounded(|mut c| async move { pipe.query_async(&mut c).await })
-            .await
     }
 
     pub async fn set(
@@ -364,11 +364,17 @@ impl RedisBackend {
         Ok(!matches!(reply, Value::Nil))
     }
 
+    /// One `DEL`; on a cluster, one per key, all in flight at once (see
+    /// [`Self::get_many`]).
     pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
-        if keys.is_empty() {
-            return Ok(0);
+        match (&self.connection, keys) {
+            (_, []) => Ok(0),
+            (Connection::Single(_), keys) => self.query(redis::Cmd::del(keys)).await,
+            (Connection::Cluster(_), keys) => {
+                let deleted = try_join_all(keys.iter().map(|key| self.query::<u32>(redis::Cmd::del(key)))).await?;
+                Ok(deleted.into_iter().sum())
+            }
         }
-        self.query(redis::Cmd::del(keys)).await
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
