@@ -34,9 +34,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 /// The guest built alongside this crate (see `build.rs`).
 pub const BUILT_GUEST: &str = env!("EDGE_CACHE_GUEST");
 
-/// The header carrying the client's address to the guest; always set by the
-/// harness, never taken from the client.
-pub const CLIENT_IP_HEADER: &str = "x-edge-client-ip";
+/// The header carrying the client's address to the guest (the guest's own
+/// constant: one contract); always set by the harness, never taken from the
+/// client.
+pub use edge_cache_guest::http::CLIENT_IP_HEADER;
 
 /// Where the cache keeps its data.
 #[derive(Debug, Clone)]
