@@ -16,7 +16,7 @@
 //!   the origin (`Source::Bypass`); a cached value that does not decode is a
 //!   miss, overwritten by the fill.
 
-use crate::host::{Cache, CacheError, Clock, Origin, OriginError};
+use crate::host::{Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -146,9 +146,10 @@ pub fn parse_profile(text: &str) -> Result<Map<String, Value>, ProfileError> {
 /// What a lookup found in the cache.
 enum Cached {
     Fresh(Entry),
-    /// Past freshness, or chosen for early refresh.
-    Due(Entry),
-    Missing,
+    /// Past freshness, or chosen for early refresh; with the stored bytes.
+    Due(Entry, Vec<u8>),
+    /// Nothing usable: absent, or bytes that do not decode (given).
+    Missing(Option<Vec<u8>>),
     Unusable,
 }
 
@@ -166,8 +167,8 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
         validate_id(id)?;
         match self.read(id) {
             Cached::Fresh(entry) => Ok(answer(entry, Source::Cache)),
-            Cached::Due(entry) => self.refresh(id, entry),
-            Cached::Missing => self.fill(id),
+            Cached::Due(entry, stored) => self.refresh(id, entry, &stored),
+            Cached::Missing(stored) => self.fill(id, stored.as_deref()),
             Cached::Unusable => self.bypass(id),
         }
     }
@@ -200,7 +201,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     fn read(&self, id: &str) -> Cached {
         let bytes = match self.cache.get(&cache_key(id)) {
             Ok(Some(bytes)) => bytes,
-            Ok(None) => return Cached::Missing,
+            Ok(None) => return Cached::Missing(None),
             Err(error) => {
                 log(&format!("cache read of {id} failed, asking the origin: {error}"));
                 return Cached::Unusable;
@@ -208,10 +209,10 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
         };
         let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) else {
             log(&format!("discarding an unreadable cached value for {id}"));
-            return Cached::Missing;
+            return Cached::Missing(Some(bytes));
         };
         if self.due(&entry) {
-            Cached::Due(entry)
+            Cached::Due(entry, bytes)
         } else {
             Cached::Fresh(entry)
         }
@@ -227,7 +228,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     }
 
     /// One request refreshes a due entry; the others serve it as it is.
-    fn refresh(&self, id: &str, entry: Entry) -> Result<Option<Lookup>, ProfileError> {
+    fn refresh(&self, id: &str, entry: Entry, stored: &[u8]) -> Result<Option<Lookup>, ProfileError> {
         let expired = self.clock.now_ms() >= entry.fresh_until;
         let source_while_refreshing = if expired { Source::Stale } else { Source::Cache };
         match self.try_lock(id) {
@@ -238,7 +239,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
                 return Ok(answer(entry, source_while_refreshing));
             }
         }
-        let refreshed = self.load(id);
+        let refreshed = self.load(id, Some(stored));
         self.unlock(id);
         match refreshed {
             Ok(fresh) => Ok(answer(fresh, Source::Origin)),
@@ -251,10 +252,10 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     }
 
     /// On a miss: fill under the lock, or wait for whoever holds it.
-    fn fill(&self, id: &str) -> Result<Option<Lookup>, ProfileError> {
+    fn fill(&self, id: &str, stored: Option<&[u8]>) -> Result<Option<Lookup>, ProfileError> {
         match self.try_lock(id) {
             Ok(true) => {
-                let loaded = self.load(id);
+                let loaded = self.load(id, stored);
                 self.unlock(id);
                 Ok(answer(loaded?, Source::Origin))
             }
@@ -263,10 +264,10 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
                 while self.clock.now_ms() < deadline {
                     self.clock.sleep_ms(POLL_INTERVAL_MS);
                     match self.read(id) {
-                        Cached::Fresh(entry) | Cached::Due(entry) => {
+                        Cached::Fresh(entry) | Cached::Due(entry, _) => {
                             return Ok(answer(entry, Source::Cache));
                         }
-                        Cached::Missing => {}
+                        Cached::Missing(_) => {}
                         Cached::Unusable => return self.bypass(id),
                     }
                 }
@@ -274,7 +275,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
                     "no fill of {id} within {} ms; asking the origin",
                     self.settings.fill_wait_ms
                 ));
-                Ok(answer(self.load(id)?, Source::Origin))
+                Ok(answer(self.load(id, stored)?, Source::Origin))
             }
             Err(error) => {
                 log(&format!("cannot take the fill lock of {id}: {error}"));
@@ -292,8 +293,11 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
         }))
     }
 
-    /// Asks the origin and caches what it says (including "absent").
-    fn load(&self, id: &str) -> Result<Entry, ProfileError> {
+    /// Asks the origin and caches what it says (including "absent"), unless
+    /// the cached bytes changed from `previous` meanwhile: then a writer (an
+    /// update) got there first with something newer than this answer, and
+    /// its copy stays.
+    fn load(&self, id: &str, previous: Option<&[u8]>) -> Result<Entry, ProfileError> {
         let (profile, compute_ms) = self.fetch(id)?;
         let ttl = if profile.is_some() {
             self.settings.ttl_seconds
@@ -305,8 +309,11 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
             compute_ms,
             profile,
         };
-        if let Err(error) = self.store(id, &entry) {
-            log(&format!("could not cache {id}: {error}"));
+        let (bytes, ttl) = self.encode(&entry);
+        match self.cache.compare_and_swap(&cache_key(id), previous, &bytes, Some(ttl)) {
+            Ok(CasOutcome::Swapped) => {}
+            Ok(CasOutcome::Conflict(_)) => log(&format!("a newer copy of {id} was cached meanwhile; keeping it")),
+            Err(error) => log(&format!("could not cache {id}: {error}")),
         }
         Ok(entry)
     }
@@ -326,15 +333,21 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
         Ok((profile, compute_ms))
     }
 
+    /// Writes `entry`, replacing whatever is cached.
     fn store(&self, id: &str, entry: &Entry) -> Result<(), CacheError> {
-        let bytes = serde_json::to_vec(entry).map_err(|e| CacheError::Other(e.to_string()))?;
-        // Positive entries outlive freshness by the stale window; absences
-        // are not served stale.
+        let (bytes, ttl) = self.encode(entry);
+        self.cache.set(&cache_key(id), &bytes, Some(ttl), false).map(drop)
+    }
+
+    /// An entry's bytes and the lifetime to store them for: positive entries
+    /// outlive freshness by the stale window; absences are not served stale.
+    fn encode(&self, entry: &Entry) -> (Vec<u8>, u64) {
+        let bytes = serde_json::to_vec(entry).expect("an entry of JSON values always serializes");
         let ttl = match entry.profile {
             Some(_) => self.settings.ttl_seconds + self.settings.stale_seconds,
             None => self.settings.negative_ttl_seconds,
         };
-        self.cache.set(&cache_key(id), &bytes, Some(ttl), false).map(drop)
+        (bytes, ttl)
     }
 
     fn fresh_until(&self, ttl_seconds: u64) -> u64 {
@@ -575,6 +588,39 @@ mod tests {
             }
         );
         assert_eq!(origin.reads.get(), 1);
+    }
+
+    #[test]
+    fn a_slow_refresh_never_overwrites_a_newer_update() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        profiles.get("alice").unwrap();
+        cache.clock.advance(600_000);
+        // While this request refreshes (between its origin read and its
+        // write), another instance updates the profile.
+        *cache.interleave.borrow_mut() = Some(Box::new(|cache: &MemoryCache| {
+            if cache.raw("profile:v1:alice:lock").is_some() && cache.raw("updated").is_none() {
+                cache.insert_raw("updated", b"1");
+                let entry = Entry {
+                    fresh_until: cache.clock.now_ms() + 600_000,
+                    compute_ms: 0,
+                    profile: Some(parse_profile(r#"{"v":2}"#).unwrap()),
+                };
+                cache.insert_raw("profile:v1:alice", &serde_json::to_vec(&entry).unwrap());
+            }
+        }));
+        let refreshed = profiles.get("alice").unwrap().unwrap();
+        assert_eq!(
+            refreshed.source,
+            Source::Origin,
+            "the refresh answers with what the origin said"
+        );
+        *cache.interleave.borrow_mut() = None;
+        assert_eq!(
+            profiles.get("alice").unwrap().unwrap().profile,
+            r#"{"v":2}"#,
+            "the update's copy stays"
+        );
     }
 
     #[test]
