@@ -86,10 +86,25 @@ async fn the_edge_function_runs_on_a_cluster_with_each_callers_keys_in_one_slot(
     );
 }
 
+/// The hash tag under which the guest keeps the limiter keys of requests
+/// carrying `api_key` (the guest's own function computes it).
+fn limiter_tag(api_key: &str) -> String {
+    let request = edge_cache_guest::http::Request {
+        method: "GET".into(),
+        path: "/".into(),
+        headers: vec![("x-api-key".into(), api_key.as_bytes().to_vec())],
+        body: edge_cache_guest::http::Body::Complete(Vec::new()),
+    };
+    format!("{{{}}}", edge_cache_guest::http::caller(&request).0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_dies_mid_run_and_service_resumes_after_failover() {
     let mut cluster = RedisCluster::start(3, 1);
-    let guest_env = vec![("RATE_LIMITS".to_owned(), "*/*=fixed-window:1000/1h".to_owned())];
+    let guest_env = vec![(
+        "RATE_LIMITS".to_owned(),
+        "*/api-key=fixed-window:5/1h,fail=closed".to_owned(),
+    )];
     let mut config = HarnessConfig {
         guest_env,
         ..config(cluster.backend())
@@ -99,27 +114,50 @@ async fn a_primary_dies_mid_run_and_service_resumes_after_failover() {
     }
     let served = Served::start(config).await;
     within_one_window(3600, Duration::from_secs(60)).await;
-    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "miss");
 
-    let owner = cluster.owner_of("edge-cache:profile:v1:alice");
-    cluster.kill(owner);
-    // While the replica takes over: every request answers (from the origin
-    // when its slot is unreachable) and none hangs past the timeouts.
+    // One caller whose limiter lives on the primary about to die, one whose
+    // limiter lives elsewhere.
+    let victim = cluster.owner_of(&limiter_tag("victim"));
+    let survivor_key = (0..100)
+        .map(|n| format!("survivor-{n}"))
+        .find(|key| cluster.owner_of(&limiter_tag(key)) != victim)
+        .expect("some key lives on another primary");
+    let get = |api_key: &str| {
+        served
+            .client
+            .get(served.url("/profiles/alice"))
+            .header("x-api-key", api_key)
+            .send()
+    };
+    assert_eq!(get("victim").await.unwrap().status(), 200);
+
+    cluster.kill(victim);
+    // Unreachable slot: the fail-closed policy refuses, quickly.
     let started = Instant::now();
-    let mut sources = Vec::new();
-    while started.elapsed() < Duration::from_secs(4) {
+    let refused = get("victim").await.unwrap();
+    assert_eq!(refused.status(), 429, "fail-closed while the primary is gone");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // Reachable slot: the limiter stays exact.
+    let mut allowed = 0;
+    for _ in 0..8 {
         let request_started = Instant::now();
-        let response = served.get("/profiles/alice").await;
-        assert_eq!(response.status(), 200);
-        assert!(
-            request_started.elapsed() < Duration::from_secs(5),
-            "a request hung for {:?}",
-            request_started.elapsed()
-        );
-        sources.push(response.headers()["x-cache"].to_str().unwrap().to_owned());
+        let status = get(&survivor_key).await.unwrap().status();
+        assert!(request_started.elapsed() < Duration::from_secs(5), "a request hung");
+        allowed += usize::from(status == 200);
     }
+    assert_eq!(allowed, 5, "exact on the reachable primaries");
+
     cluster.wait_for_failover(3, 5);
-    // Service resumes: the cache fills and hits again.
+    // Service resumes where the replica took over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get("victim").await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the victim's slot never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let source = served.get("/profiles/alice").await.headers()["x-cache"]
@@ -129,10 +167,7 @@ async fn a_primary_dies_mid_run_and_service_resumes_after_failover() {
         if source == "hit" {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no cache hit after the failover; during it: {sources:?}"
-        );
+        assert!(Instant::now() < deadline, "no cache hit after the failover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

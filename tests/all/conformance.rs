@@ -1,18 +1,19 @@
-//! The cache contract (`wit/cache.wit`), run against both backends: a real
-//! redis-server and the embedded store. Anything one backend does that the
+//! The cache contract (`wit/cache.wit`), run against every backend: a real
+//! redis-server, a real Redis Cluster and the embedded store. Anything one backend does that the
 //! other does not is a failure here.
 
 use edge_cache_harness::BackendConfig;
 use edge_cache_harness::backend::memory::MemoryBackend;
 use edge_cache_harness::backend::{Backend, CacheError, CasOutcome, Ttl};
 use edge_cache_harness::cache::{Cache, Limits};
-use edge_cache_tests::RedisServer;
+use edge_cache_tests::{RedisCluster, RedisServer};
 use std::time::Duration;
 
 /// One backend under test, and what keeps it alive.
 struct Subject {
     cache: Cache,
     _server: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 impl Subject {
@@ -22,6 +23,7 @@ impl Subject {
         Self {
             cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
             _server: Some(server),
+            _cluster: None,
         }
     }
 
@@ -30,6 +32,17 @@ impl Subject {
         Self {
             cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
             _server: None,
+            _cluster: None,
+        }
+    }
+
+    async fn cluster() -> Self {
+        let cluster = RedisCluster::start(3, 0);
+        let backend = cluster.backend().connect().await.expect("connect to the test cluster");
+        Self {
+            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            _server: None,
+            _cluster: Some(cluster),
         }
     }
 }
@@ -270,6 +283,13 @@ macro_rules! conformance {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let subject = super::Subject::memory();
+                super::$name(&subject.cache).await;
+            })*
+        }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let subject = super::Subject::cluster().await;
                 super::$name(&subject.cache).await;
             })*
         }
