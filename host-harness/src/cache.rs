@@ -3,6 +3,7 @@
 
 use crate::backend::{Backend, BoundedIncr, CacheError, CasOutcome, Ttl};
 use crate::metrics::StoreMetrics;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
@@ -119,19 +120,25 @@ impl Cache {
         Ok(ttl)
     }
 
+    /// Checks what a write names and stores: its key, the value's size and
+    /// the time-to-live; returns the full key and the TTL.
+    fn checked_write(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<(String, Option<u64>), CacheError> {
+        let full = self.full_key(key)?;
+        self.check_value(value)?;
+        Ok((full, ttl.map(Self::positive_ttl).transpose()?))
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        let started = Instant::now();
-        let result = async { self.backend.get(&self.full_key(key)?).await }.await;
-        let hit = matches!(result, Ok(Some(_)));
-        self.trace("get", key, started, &result, Some(hit));
-        result
+        let hit = |value: &Option<Vec<u8>>| Some(value.is_some());
+        self.traced("get", key, hit, async { self.backend.get(&self.full_key(key)?).await })
+            .await
     }
 
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        let started = Instant::now();
-        let result = async { self.backend.get_many(&self.full_keys(keys)?).await }.await;
-        self.trace("get-many", &keys.join(","), started, &result, None);
-        result
+        self.traced("get-many", &keys.join(","), no_hit, async {
+            self.backend.get_many(&self.full_keys(keys)?).await
+        })
+        .await
     }
 
     pub async fn set(
@@ -141,61 +148,50 @@ impl Cache {
         ttl: Option<u64>,
         only_if_absent: bool,
     ) -> Result<bool, CacheError> {
-        let started = Instant::now();
-        let result = async {
-            let full = self.full_key(key)?;
-            self.check_value(value)?;
-            let ttl = ttl.map(Self::positive_ttl).transpose()?;
+        self.traced("set", key, no_hit, async {
+            let (full, ttl) = self.checked_write(key, value, ttl)?;
             self.backend.set(&full, value, ttl, only_if_absent).await
-        }
-        .await;
-        self.trace("set", key, started, &result, None);
-        result
+        })
+        .await
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
-        let started = Instant::now();
-        let result = async { self.backend.delete(&self.full_keys(keys)?).await }.await;
-        self.trace("delete", &keys.join(","), started, &result, None);
-        result
+        self.traced("delete", &keys.join(","), no_hit, async {
+            self.backend.delete(&self.full_keys(keys)?).await
+        })
+        .await
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
-        let started = Instant::now();
-        let result = async { self.backend.exists(&self.full_key(key)?).await }.await;
-        self.trace("exists", key, started, &result, None);
-        result
+        self.traced("exists", key, no_hit, async {
+            self.backend.exists(&self.full_key(key)?).await
+        })
+        .await
     }
 
     pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
-        let started = Instant::now();
-        let result = async {
+        self.traced("expire", key, no_hit, async {
             self.backend
                 .expire(&self.full_key(key)?, Self::positive_ttl(ttl)?)
                 .await
-        }
-        .await;
-        self.trace("expire", key, started, &result, None);
-        result
+        })
+        .await
     }
 
     pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
-        let started = Instant::now();
-        let result = async { self.backend.ttl(&self.full_key(key)?).await }.await;
-        self.trace("ttl", key, started, &result, None);
-        result
+        self.traced("ttl", key, no_hit, async {
+            self.backend.ttl(&self.full_key(key)?).await
+        })
+        .await
     }
 
     pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-        let started = Instant::now();
-        let result = async {
+        self.traced("incr-by", key, no_hit, async {
             self.backend
                 .incr_by(&self.full_key(key)?, delta, Self::positive_ttl(ttl_if_new)?)
                 .await
-        }
-        .await;
-        self.trace("incr-by", key, started, &result, None);
-        result
+        })
+        .await
     }
 
     pub async fn incr_by_bounded(
@@ -205,15 +201,12 @@ impl Cache {
         ttl_if_new: u64,
         max: i64,
     ) -> Result<BoundedIncr, CacheError> {
-        let started = Instant::now();
-        let result = async {
+        self.traced("incr-by-bounded", key, no_hit, async {
             self.backend
                 .incr_by_bounded(&self.full_key(key)?, delta, Self::positive_ttl(ttl_if_new)?, max)
                 .await
-        }
-        .await;
-        self.trace("incr-by-bounded", key, started, &result, None);
-        result
+        })
+        .await
     }
 
     pub async fn compare_and_swap(
@@ -223,33 +216,31 @@ impl Cache {
         new: &[u8],
         ttl: Option<u64>,
     ) -> Result<CasOutcome, CacheError> {
-        let started = Instant::now();
-        let result = async {
-            let full = self.full_key(key)?;
-            self.check_value(new)?;
-            let ttl = ttl.map(Self::positive_ttl).transpose()?;
+        self.traced("compare-and-swap", key, no_hit, async {
+            let (full, ttl) = self.checked_write(key, new, ttl)?;
             self.backend.compare_and_swap(&full, expected, new, ttl).await
-        }
-        .await;
-        self.trace("compare-and-swap", key, started, &result, None);
-        result
+        })
+        .await
     }
 
-    /// One event per operation (the key as the guest named it, never the
-    /// value) and its metrics.
-    fn trace<T>(
+    /// Runs one operation, then records it: a trace event (the key as the
+    /// guest named it, whether it hit where that applies, never the value)
+    /// and its metrics.
+    async fn traced<T>(
         &self,
         op: &'static str,
         key: &str,
-        started: Instant,
-        result: &Result<T, CacheError>,
-        hit: Option<bool>,
-    ) {
+        hit: impl Fn(&T) -> Option<bool>,
+        operation: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        let started = Instant::now();
+        let result = operation.await;
         let took = started.elapsed();
         let micros = took.as_micros() as u64;
-        match result {
-            Ok(_) => {
+        match &result {
+            Ok(value) => {
                 self.metrics.observe(op, took, None);
+                let hit = hit(value);
                 tracing::debug!(target: "edge_cache::cache", op, key, hit, micros, outcome = "ok")
             }
             Err(error) => {
@@ -257,5 +248,11 @@ impl Cache {
                 tracing::warn!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error)
             }
         }
+        result
     }
+}
+
+/// For operations where hit or miss does not apply.
+fn no_hit<T>(_: &T) -> Option<bool> {
+    None
 }
