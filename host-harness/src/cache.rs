@@ -74,11 +74,6 @@ impl Cache {
         &self.backend
     }
 
-    /// The namespace prefix (`name:`) in front of every key.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     fn full_key(&self, key: &str) -> Result<String, CacheError> {
         if key.is_empty() {
             return Err(CacheError::InvalidKey("a key must not be empty".into()));

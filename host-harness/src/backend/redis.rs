@@ -303,11 +303,6 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    /// Whether this backend talks to a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.connection, Connection::Cluster(_))
-    }
-
     /// Runs one request on a clone of the shared connection, within the
     /// command deadline.
     async fn bounded<T, F, Fut>(&self, request: F) -> Result<T, CacheError>
