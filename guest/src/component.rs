@@ -303,24 +303,46 @@ fn read_body(body: IncomingBody) -> http::Body {
 }
 
 fn send_response(response: http::Response, response_out: ResponseOutparam) {
+    // A declared length spares the host chunked encoding.
+    let length = (
+        "content-length".to_owned(),
+        response.body.len().to_string().into_bytes(),
+    );
     let entries: Vec<(String, Vec<u8>)> = response
         .headers
         .into_iter()
         .map(|(name, value)| (name, value.into_bytes()))
+        .chain([length])
         .collect();
     let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
     let outgoing = OutgoingResponse::new(headers);
     // Status codes come from this crate's own table; all are valid.
     let _ = outgoing.set_status_code(response.status);
     let Ok(body) = outgoing.body() else { return };
-    ResponseOutparam::set(response_out, Ok(outgoing));
+    // The host buffers one write before anyone reads the body. A body that
+    // fits in it goes in before the response is handed over, so the host can
+    // send head and body at once; a longer one is streamed after.
+    let fits_before_hand_over = response.body.len() <= BLOCKING_WRITE_LIMIT;
+    if !fits_before_hand_over {
+        ResponseOutparam::set(response_out, Ok(outgoing));
+        write_and_finish(body, &response.body);
+    } else if write_and_finish(body, &response.body) {
+        ResponseOutparam::set(response_out, Ok(outgoing));
+    }
+}
+
+/// The most `blocking-write-and-flush` takes at once.
+const BLOCKING_WRITE_LIMIT: usize = 4096;
+
+/// Writes all of `bytes` and finishes the body; false if the host stopped
+/// taking it.
+fn write_and_finish(body: OutgoingBody, bytes: &[u8]) -> bool {
     if let Ok(stream) = body.write() {
-        // `blocking-write-and-flush` takes at most 4096 bytes at a time.
-        for chunk in response.body.chunks(4096) {
+        for chunk in bytes.chunks(BLOCKING_WRITE_LIMIT) {
             if stream.blocking_write_and_flush(chunk).is_err() {
-                return;
+                return false;
             }
         }
     }
-    let _ = OutgoingBody::finish(body, None);
+    OutgoingBody::finish(body, None).is_ok()
 }

@@ -9,7 +9,9 @@ pub mod compose;
 pub mod engine;
 pub mod host;
 pub mod metrics;
-pub mod origin;
 pub mod server;
+
+/// The profile origin this harness serves to the guest.
+pub use edge_cache_origin as origin;
 
 pub use server::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, StartupError};

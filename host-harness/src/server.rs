@@ -262,23 +262,35 @@ impl Harness {
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let response_out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.http.clone();
-        // The guest keeps running after it hands over the response head, to
-        // stream the body; it runs in a task of its own.
-        let guest = tokio::spawn(async move {
+        let mut guest = Box::pin(async move {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, response_out)
                 .await
         });
-        match receiver.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
-            Err(_) => match guest.await {
-                Ok(Ok(())) => Err(wasmtime::format_err!("the guest returned without sending a response")),
-                Ok(Err(error)) => Err(error),
-                Err(join) => Err(wasmtime::format_err!("the guest task failed: {join}")),
-            },
+        // The guest runs in this task until it hands over the response; most
+        // have finished by then (a small body is written first). One that
+        // goes on streaming its body continues in a task of its own. Spawning
+        // every guest would cost a task and a cross-thread wake-up a request.
+        let mut receiver = std::pin::pin!(receiver);
+        let (handed_over, finished) = tokio::select! {
+            // Once the guest has returned, what it handed over is in the channel.
+            biased;
+            handed_over = &mut receiver => {
+                if let Ok(Ok(response)) = handed_over {
+                    tokio::spawn(guest);
+                    return Ok(response);
+                }
+                (handed_over, guest.await)
+            }
+            finished = &mut guest => (receiver.await, finished),
+        };
+        match (handed_over, finished) {
+            (Ok(Ok(response)), _) => Ok(response),
+            (Ok(Err(code)), _) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
+            (Err(_), Err(error)) => Err(error),
+            (Err(_), Ok(())) => Err(wasmtime::format_err!("the guest returned without sending a response")),
         }
     }
 

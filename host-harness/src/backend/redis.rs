@@ -25,50 +25,16 @@ use tokio::time::timeout;
 /// Adds to a counter and, in the same atomic step, gives it an expiry when it
 /// has none, so a counter can never outlive its window (the INCR-then-EXPIRE
 /// race leaves keys without a TTL when the client dies in between).
-const INCR_BY_SCRIPT: &str = r"
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('TTL', KEYS[1]) == -1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return value
-";
+const INCR_BY_SCRIPT: &str = include_str!("scripts/incr_by.lua");
 
 /// `INCR_BY_SCRIPT`, unless the result would pass ARGV[3]. Returns
 /// {applied (0/1), value after}. Counters stay far below 2^53, where Lua's
 /// numbers are exact.
-const INCR_BY_BOUNDED_SCRIPT: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current == false then current = 0 else current = tonumber(current) end
-if current == nil or current ~= math.floor(current) then
-  return redis.error_reply('ERR value is not an integer or out of range')
-end
-if current + tonumber(ARGV[1]) > tonumber(ARGV[3]) then
-  return {0, current}
-end
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('TTL', KEYS[1]) == -1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return {1, value}
-";
+const INCR_BY_BOUNDED_SCRIPT: &str = include_str!("scripts/incr_by_bounded.lua");
 
 /// ARGV: expected-present ('0'/'1'), expected, new, ttl seconds ('0' = none).
 /// Returns {1} when swapped, {0} or {0, current} on a conflict.
-const COMPARE_AND_SWAP_SCRIPT: &str = r"
-local current = redis.call('GET', KEYS[1])
-local matches
-if ARGV[1] == '0' then matches = (current == false) else matches = (current == ARGV[2]) end
-if not matches then
-  if current == false then return {0} end
-  return {0, current}
-end
-if ARGV[4] == '0' then
-  redis.call('SET', KEYS[1], ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
-end
-return {1}
-";
+const COMPARE_AND_SWAP_SCRIPT: &str = include_str!("scripts/compare_and_swap.lua");
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]

@@ -25,6 +25,10 @@ pub const DEMO_PROFILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Creates or replaces one profile.
+const UPSERT: &str =
+    "INSERT INTO profiles (id, profile) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET profile = excluded.profile";
+
 #[derive(Debug, Clone, Default)]
 pub struct OriginConfig {
     /// A SQLite file to keep profiles in; `None` keeps them in memory.
@@ -115,15 +119,38 @@ impl Origin {
             let existed = transaction
                 .query_row("SELECT 1 FROM profiles WHERE id = ?1", [&id], |_| Ok(()))
                 .optional()?;
-            transaction.execute(
-                "INSERT INTO profiles (id, profile) VALUES (?1, ?2) \
-                 ON CONFLICT(id) DO UPDATE SET profile = excluded.profile",
-                params![id, profile],
-            )?;
+            transaction.execute(UPSERT, params![id, profile])?;
             transaction.commit()?;
             Ok(existed.is_none())
         })
         .await
+    }
+
+    /// Stores many profiles in one transaction, replacing any with the same
+    /// id (loading a dataset, e.g. for benchmarks). Returns how many were
+    /// stored. Blocks: call it before serving, or from a blocking task.
+    pub fn import<I, P>(&self, profiles: I) -> Result<usize, OriginError>
+    where
+        I: IntoIterator<Item = (String, P)>,
+        P: AsRef<str>,
+    {
+        let mut db = self.inner.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let transaction = db.transaction()?;
+        let mut stored = 0;
+        {
+            let mut insert = transaction.prepare(UPSERT)?;
+            for (id, profile) in profiles {
+                let profile = profile.as_ref();
+                match serde_json::from_str::<serde_json::Value>(profile) {
+                    Ok(value) if value.is_object() => {}
+                    _ => return Err(OriginError::InvalidProfile(format!("{id}: not a JSON object"))),
+                }
+                insert.execute(params![id, profile])?;
+                stored += 1;
+            }
+        }
+        transaction.commit()?;
+        Ok(stored)
     }
 
     /// Runs a database call off the async workers, after the simulated latency.

@@ -1,0 +1,547 @@
+//! `bench/run`: the edge function served by the harness against the same
+//! endpoints written natively (`bench/native`), on one private redis-server,
+//! under load from wrk, alternating the two for several rounds.
+//!
+//! For each workload it first checks that both answer alike and counts the
+//! Redis calls a request makes (`INFO commandstats`), then measures
+//! requests/s, p50/p99 latency and server CPU per request (from /proc), and
+//! prints every harness÷native ratio per round and their medians.
+
+mod http;
+mod process;
+mod wrk;
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use edge_cache_origin::{Origin, OriginConfig};
+use process::{Redis, Service, cpu_time, free_port, ticks_per_second};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wrk::{Load, Paths};
+
+#[derive(Parser)]
+#[command(
+    name = "edge-cache-bench",
+    about = "Benchmark the harness against the native baseline"
+)]
+struct Options {
+    /// A short run (about 30 s) that still prints every ratio; also set by
+    /// `BENCH_QUICK=1`.
+    #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    quick: bool,
+    /// Rounds per workload and connection count; each round runs both
+    /// services, in alternating order.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// How long each measured load lasts, in seconds (wrk's resolution).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    duration: Option<u64>,
+    /// Concurrent connections, one measurement series each.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    connections: Vec<u32>,
+    /// Which workloads to run.
+    #[arg(long, value_delimiter = ',', default_value = "hit,limiter,miss")]
+    workloads: Vec<Workload>,
+    /// The origin's simulated latency on the miss path, in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    origin_latency_ms: u64,
+    /// Where the release binaries are (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    /// `GET /profiles/alice`, always in the cache: limiter + cache lookup.
+    Hit,
+    /// Every request over its caller's limit: the fixed-window check alone,
+    /// answered 429.
+    Limiter,
+    /// A different profile each request: limiter, lookup, fill lock,
+    /// origin (with latency), compare-and-swap store, unlock.
+    Miss,
+}
+
+/// Ids per wrk thread on the miss path; a run must not need more.
+const MISS_IDS_PER_THREAD: u64 = 200_000;
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Limiter => "limiter",
+            Self::Miss => "miss",
+        }
+    }
+
+    fn paths(self) -> Paths {
+        match self {
+            Self::Hit | Self::Limiter => Paths::Fixed("/profiles/alice"),
+            Self::Miss => Paths::Distinct {
+                prefix: "/profiles/u",
+                per_thread: MISS_IDS_PER_THREAD,
+            },
+        }
+    }
+
+    /// Requests per minute per caller: all wrk connections are one caller.
+    fn rate_limit(self) -> u32 {
+        match self {
+            Self::Limiter => 1,
+            Self::Hit | Self::Miss => 1_000_000_000,
+        }
+    }
+
+    /// The response every request of the workload must get.
+    fn expected(self) -> (u16, Option<&'static str>) {
+        match self {
+            Self::Hit => (200, Some("hit")),
+            Self::Limiter => (429, None),
+            Self::Miss => (200, Some("miss")),
+        }
+    }
+}
+
+/// What both services are run with, so they differ only in what serves.
+struct Setup {
+    redis: Redis,
+    origin_db: PathBuf,
+    origin_latency_ms: u64,
+    harness: PathBuf,
+    native: PathBuf,
+    ticks: u64,
+    scripts: PathBuf,
+}
+
+struct Services {
+    harness: Service,
+    native: Service,
+}
+
+impl Setup {
+    fn start(&self, workload: Workload) -> anyhow::Result<Services> {
+        let env = [
+            ("RATE_LIMIT_REQUESTS", workload.rate_limit().to_string()),
+            ("RATE_LIMIT_WINDOW_SECONDS", "60".to_owned()),
+        ];
+        let common = |address: SocketAddr| {
+            vec![
+                format!("--listen={address}"),
+                format!("--redis-url={}", self.redis.url()),
+                format!("--origin-db={}", self.origin_db.display()),
+                format!("--origin-latency-ms={}", self.origin_latency_ms),
+            ]
+        };
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut args = vec!["serve".to_owned()];
+        args.extend(common(address));
+        let harness = Service::start("harness", &self.harness, &args, &env, address)?;
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let native = Service::start("native", &self.native, &common(address), &env, address)?;
+        Ok(Services { harness, native })
+    }
+
+    /// Empties Redis and brings it to the workload's starting state.
+    fn prepare(&self, workload: Workload, service: &Service) -> anyhow::Result<()> {
+        self.redis.command(&["FLUSHALL"])?;
+        match workload {
+            // Fills alice; for the limiter, spends the one allowed request.
+            Workload::Hit | Workload::Limiter => {
+                http::Client::connect(service.address)?.get("/profiles/alice")?;
+            }
+            Workload::Miss => {}
+        }
+        Ok(())
+    }
+
+    /// The first response of the workload from `service`, on a fresh Redis.
+    fn sample(&self, workload: Workload, service: &Service) -> anyhow::Result<http::Response> {
+        self.prepare(workload, service)?;
+        let path = match workload.paths() {
+            Paths::Fixed(path) => path.to_owned(),
+            Paths::Distinct { prefix, .. } => format!("{prefix}1"),
+        };
+        http::Client::connect(service.address)?.get(&path)
+    }
+
+    /// Redis round trips (commands sent) per request, over `requests`
+    /// sequential requests.
+    fn commands_per_request(
+        &self,
+        workload: Workload,
+        service: &Service,
+        requests: u64,
+    ) -> anyhow::Result<Vec<(String, f64)>> {
+        self.prepare(workload, service)?;
+        let mut client = http::Client::connect(service.address)?;
+        let monitor = self.redis.monitor()?;
+        for n in 1..=requests {
+            let path = match workload.paths() {
+                Paths::Fixed(path) => path.to_owned(),
+                Paths::Distinct { prefix, .. } => format!("{prefix}{n}"),
+            };
+            let response = client.get(&path)?;
+            check(workload, service.name, &response)?;
+        }
+        Ok(monitor
+            .finish()?
+            .into_iter()
+            .map(|(command, calls)| (command, calls as f64 / requests as f64))
+            .collect())
+    }
+
+    fn measure(
+        &self,
+        workload: Workload,
+        service: &Service,
+        connections: u32,
+        duration: Duration,
+    ) -> anyhow::Result<Measurement> {
+        self.prepare(workload, service)?;
+        let script = wrk::script(&self.scripts, workload.paths())?;
+        let before = cpu_time(service.pid(), self.ticks)?;
+        let load = wrk::run(&script, service.address, workload.paths(), connections, duration)?;
+        let cpu = cpu_time(service.pid(), self.ticks)? - before;
+        ensure!(
+            load.socket_errors == 0,
+            "{}: {} socket errors or timeouts under load",
+            service.name,
+            load.socket_errors
+        );
+        let expected_errors = match workload.expected().0 {
+            // Allowed: the first request of a window that started mid-run.
+            429 => load.requests.saturating_sub(2)..=load.requests,
+            _ => 0..=0,
+        };
+        ensure!(
+            expected_errors.contains(&load.error_statuses),
+            "{}: {} of {} responses had an unexpected status",
+            service.name,
+            load.error_statuses,
+            load.requests
+        );
+        if let Paths::Distinct { per_thread, .. } = workload.paths() {
+            ensure!(
+                load.requests <= per_thread,
+                "the miss run needed more than {per_thread} ids; shorten --duration"
+            );
+        }
+        Ok(Measurement { load, cpu })
+    }
+}
+
+/// Fails unless `response` is what every request of `workload` gets.
+fn check(workload: Workload, service: &str, response: &http::Response) -> anyhow::Result<()> {
+    let (status, x_cache) = workload.expected();
+    ensure!(
+        response.status == status && response.header("x-cache") == x_cache,
+        "{service} answered {} (x-cache {:?}) where {status} (x-cache {x_cache:?}) was expected: {}",
+        response.status,
+        response.header("x-cache"),
+        response.body
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Measurement {
+    load: Load,
+    cpu: Duration,
+}
+
+impl Measurement {
+    fn cpu_us_per_request(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.load.requests.max(1) as f64
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:>7.0} req/s  p50 {:>7.1} µs  p99 {:>7.1} µs  cpu {:>5.1} µs/req",
+            self.load.requests_per_second(),
+            self.load.p50_us,
+            self.load.p99_us,
+            self.cpu_us_per_request()
+        )
+    }
+}
+
+/// Harness÷native figures of one round.
+#[derive(Debug, Clone, Copy)]
+struct Ratios {
+    throughput: f64,
+    p50: f64,
+    p50_extra_us: f64,
+    p99: f64,
+    cpu: f64,
+}
+
+impl Ratios {
+    fn of(harness: &Measurement, native: &Measurement) -> Self {
+        Self {
+            throughput: harness.load.requests_per_second() / native.load.requests_per_second(),
+            p50: harness.load.p50_us / native.load.p50_us,
+            p50_extra_us: harness.load.p50_us - native.load.p50_us,
+            p99: harness.load.p99_us / native.load.p99_us,
+            cpu: harness.cpu_us_per_request() / native.cpu_us_per_request(),
+        }
+    }
+
+    fn median(rounds: &[Self]) -> Self {
+        let median_of = |pick: fn(&Self) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(pick).collect();
+            values.sort_by(f64::total_cmp);
+            let middle = values.len() / 2;
+            if values.len() % 2 == 0 {
+                (values[middle - 1] + values[middle]) / 2.0
+            } else {
+                values[middle]
+            }
+        };
+        Self {
+            throughput: median_of(|r| r.throughput),
+            p50: median_of(|r| r.p50),
+            p50_extra_us: median_of(|r| r.p50_extra_us),
+            p99: median_of(|r| r.p99),
+            cpu: median_of(|r| r.cpu),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "req/s {:.3}  p50 {:.3} ({:+.1} µs)  p99 {:.3}  cpu/req {:.3}",
+            self.throughput, self.p50, self.p50_extra_us, self.p99, self.cpu
+        )
+    }
+}
+
+/// A line of the final verdict.
+struct Target {
+    what: String,
+    met: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    let rounds = options.rounds.unwrap_or(if options.quick { 1 } else { 3 });
+    let duration = Duration::from_secs(options.duration.unwrap_or(if options.quick { 1 } else { 5 }));
+    let warmup = Duration::from_secs(if options.quick { 1 } else { 2 });
+    ensure!(rounds > 0, "--rounds must be at least 1");
+    let bin_dir = match &options.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this program")?
+            .to_owned(),
+    };
+    print_machine();
+
+    let scratch = Scratch::new()?;
+    let origin_db = scratch.path.join("origin.sqlite");
+    seed_origin(&origin_db)?;
+    let setup = Setup {
+        redis: Redis::start()?,
+        origin_db,
+        origin_latency_ms: options.origin_latency_ms,
+        harness: bin_dir.join("edge-cache"),
+        native: bin_dir.join("edge-cache-native"),
+        ticks: ticks_per_second(),
+        scripts: scratch.path.clone(),
+    };
+    println!(
+        "settings: {rounds} round(s) of {} s per series after {} s of warm-up; connections {:?}; \
+         origin latency {} ms; redis-server on port {}",
+        duration.as_secs(),
+        warmup.as_secs(),
+        options.connections,
+        options.origin_latency_ms,
+        setup.redis.port
+    );
+
+    let mut targets = Vec::new();
+    let mut round_trips = Vec::new();
+    for &workload in &options.workloads {
+        let services = setup.start(workload)?;
+        let name = workload.name();
+        println!("\n== {name}: {}", workload_doc(workload));
+
+        let harness_sample = setup.sample(workload, &services.harness)?;
+        let native_sample = setup.sample(workload, &services.native)?;
+        check(workload, "harness", &harness_sample)?;
+        if harness_sample.normalized() != native_sample.normalized() {
+            bail!(
+                "the two services answer {name} differently:\nharness: {:#?}\nnative:  {:#?}",
+                harness_sample.normalized(),
+                native_sample.normalized()
+            );
+        }
+        println!(
+            "responses: identical ({} {})",
+            harness_sample.status, harness_sample.body
+        );
+
+        for service in [&services.harness, &services.native] {
+            let commands = setup.commands_per_request(workload, service, 200)?;
+            let total: f64 = commands.iter().map(|(_, calls)| calls).sum();
+            let listed: Vec<String> = commands
+                .iter()
+                .map(|(command, calls)| format!("{command} {calls:.2}"))
+                .collect();
+            println!(
+                "redis round trips per request, {:>7}: {total:.2} ({})",
+                service.name,
+                listed.join(", ")
+            );
+            if service.name == "harness" {
+                round_trips.push((workload, commands));
+            }
+        }
+
+        for service in [&services.harness, &services.native] {
+            setup.measure(workload, service, 32, warmup)?;
+        }
+        for &connections in &options.connections {
+            let mut ratios = Vec::new();
+            for round in 0..rounds {
+                let order = if round % 2 == 0 {
+                    [&services.harness, &services.native]
+                } else {
+                    [&services.native, &services.harness]
+                };
+                let mut measured = Vec::new();
+                for service in order {
+                    measured.push((service.name, setup.measure(workload, service, connections, duration)?));
+                }
+                let of = |who: &str| measured.iter().find(|(name, _)| *name == who).expect("both ran").1;
+                let (harness, native) = (of("harness"), of("native"));
+                let round_ratios = Ratios::of(&harness, &native);
+                println!(
+                    "{name:>7} c={connections:<2} round {}/{rounds}  harness {}\n{:>26}native  {}\n{:>26}ratio   {}",
+                    round + 1,
+                    harness.describe(),
+                    "",
+                    native.describe(),
+                    "",
+                    round_ratios.describe()
+                );
+                ratios.push(round_ratios);
+            }
+            let median = Ratios::median(&ratios);
+            println!("{name:>7} c={connections:<2} median ratio  {}", median.describe());
+            if workload != Workload::Miss {
+                if connections > 1 {
+                    targets.push(Target {
+                        what: format!("{name} c={connections}: req/s ratio {:.3} ≥ 0.90", median.throughput),
+                        met: median.throughput >= 0.9,
+                    });
+                    targets.push(Target {
+                        what: format!("{name} c={connections}: cpu/request ratio {:.3} ≤ 1.15", median.cpu),
+                        met: median.cpu <= 1.15,
+                    });
+                } else {
+                    targets.push(Target {
+                        what: format!("{name} c=1: p50 {:+.1} µs over native ≤ 20 µs", median.p50_extra_us),
+                        met: median.p50_extra_us <= 20.0,
+                    });
+                }
+            }
+        }
+    }
+
+    for (workload, commands) in &round_trips {
+        let calls = |name: &str| {
+            commands
+                .iter()
+                .find(|(command, _)| command == name)
+                .map_or(0.0, |(_, calls)| *calls)
+        };
+        let total: f64 = commands.iter().map(|(_, calls)| calls).sum();
+        match workload {
+            Workload::Limiter => targets.push(Target {
+                what: format!("fixed-window check = {total:.2} round trip (evalsha {:.2})", calls("evalsha")),
+                met: total == 1.0 && calls("evalsha") == 1.0,
+            }),
+            Workload::Hit => targets.push(Target {
+                what: format!(
+                    "cache hit = {:.2} round trip (get; the request's total {total:.2} includes the fixed-window check)",
+                    total - calls("evalsha")
+                ),
+                met: total == 2.0 && calls("get") == 1.0 && calls("evalsha") == 1.0,
+            }),
+            Workload::Miss => {}
+        }
+    }
+    println!("\n== targets (medians of the rounds above)");
+    for target in &targets {
+        println!("{} {}", if target.met { "met   " } else { "MISSED" }, target.what);
+    }
+    Ok(())
+}
+
+fn workload_doc(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Hit => "GET /profiles/alice, a cache hit every time (fixed-window check + cache lookup)",
+        Workload::Limiter => "GET /profiles/alice over the caller's limit: the fixed-window check alone, 429",
+        Workload::Miss => "GET /profiles/u{n}, a new profile each request: check, lookup, lock, origin, store, unlock",
+    }
+}
+
+/// Profiles `u1`, `u2`, … for the miss path (two wrk threads' worth).
+fn seed_origin(path: &Path) -> anyhow::Result<()> {
+    let origin = Origin::open(&OriginConfig {
+        database: Some(path.to_owned()),
+        latency: Duration::ZERO,
+    })?;
+    let profiles = (1..=2 * MISS_IDS_PER_THREAD).map(|n| {
+        let profile = format!(r#"{{"id":"u{n}","name":"User {n}","plan":"free","country":"US"}}"#);
+        (format!("u{n}"), profile)
+    });
+    origin.import(profiles)?;
+    Ok(())
+}
+
+fn print_machine() {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let version = |program: &str, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .map(|out| {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.lines().next().unwrap_or_default().to_owned()
+            })
+            .unwrap_or_else(|_| format!("{program}: not found"))
+    };
+    println!(
+        "machine: {cpus} CPUs ({model}), Linux {}; {}; {}",
+        read("/proc/sys/kernel/osrelease").trim(),
+        version("wrk", "-v"),
+        version("redis-server", "--version")
+    );
+}
+
+/// A private directory for the run, removed at the end.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("edge-cache-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
