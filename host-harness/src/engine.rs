@@ -65,7 +65,13 @@ pub fn new_engine(limits: &GuestLimits, cache_compiled_code: bool) -> wasmtime::
     if std::env::var_os(PERF_MAP_ENV).is_some() {
         config.profiler(ProfilingStrategy::PerfMap);
     }
+    // The guests are WASI 0.2 components with synchronous lifts: nothing
+    // needs the component-model-async machinery, whose per-store state is
+    // otherwise set up and torn down on every request (the teardown
+    // disposes of a parked fiber by building an error, with a captured
+    // backtrace when RUST_BACKTRACE is set).
     config
+        .concurrency_support(false)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if cache_compiled_code {

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -258,7 +259,7 @@ impl Harness {
         request: hyper::Request<Incoming>,
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
         let mut store = self.new_store();
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let response_out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.http.clone();
@@ -269,28 +270,35 @@ impl Harness {
                 .call_handle(&mut store, request, response_out)
                 .await
         });
-        // The guest runs in this task until it hands over the response; most
-        // have finished by then (a small body is written first). One that
-        // goes on streaming its body continues in a task of its own. Spawning
-        // every guest would cost a task and a cross-thread wake-up a request.
-        let mut receiver = std::pin::pin!(receiver);
-        let (handed_over, finished) = tokio::select! {
-            // Once the guest has returned, what it handed over is in the channel.
-            biased;
-            handed_over = &mut receiver => {
-                if let Ok(Ok(response)) = handed_over {
-                    tokio::spawn(guest);
-                    return Ok(response);
-                }
-                (handed_over, guest.await)
+        // The guest runs in this task. It hands over its response from inside
+        // its own poll, so the channel is checked after each poll rather than
+        // awaited: awaiting it would register this task's waker, and the hand-
+        // over would then wake the task while it runs, which tokio treats as a
+        // yield (the task is requeued and an idle worker is woken to steal it),
+        // once per request.
+        let (handed_over, finished) = std::future::poll_fn(|cx| {
+            let finished = guest.as_mut().poll(cx);
+            match receiver.try_recv() {
+                Ok(handed_over) => Poll::Ready((Some(handed_over), finished)),
+                // Nothing yet, or the guest dropped its response-outparam:
+                // what it returns says why.
+                Err(_) if finished.is_pending() => Poll::Pending,
+                Err(_) => Poll::Ready((None, finished)),
             }
-            finished = &mut guest => (receiver.await, finished),
-        };
+        })
+        .await;
         match (handed_over, finished) {
-            (Ok(Ok(response)), _) => Ok(response),
-            (Ok(Err(code)), _) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
-            (Err(_), Err(error)) => Err(error),
-            (Err(_), Ok(())) => Err(wasmtime::format_err!("the guest returned without sending a response")),
+            // Most guests have returned by now (a small body is written before
+            // the hand-over); one still streaming its body goes on in a task of
+            // its own.
+            (Some(Ok(response)), Poll::Pending) => {
+                tokio::spawn(guest);
+                Ok(response)
+            }
+            (Some(Ok(response)), Poll::Ready(_)) => Ok(response),
+            (Some(Err(code)), _) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
+            (None, Poll::Ready(Err(error))) => Err(error),
+            (None, _) => Err(wasmtime::format_err!("the guest returned without sending a response")),
         }
     }
 
