@@ -20,6 +20,7 @@ use bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use bindings::wasi::io::streams::StreamError;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 struct EdgeFunction;
@@ -133,9 +134,12 @@ impl Origin for HostOrigin {
 }
 
 /// The function's settings; a host without them gets the defaults, and a
-/// bad value is reported on every call rather than guessed around.
-fn config() -> Result<Config, String> {
-    Config::from_env()
+/// bad value is reported on every call rather than guessed around. Read
+/// once per instance: its environment cannot change while it lives, and a
+/// host may serve many requests with one instance.
+fn config() -> Result<&'static Config, &'static str> {
+    static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
+    CONFIG.get_or_init(Config::from_env).as_ref().map_err(String::as_str)
 }
 
 fn profiles_settings() -> Settings {
@@ -248,9 +252,9 @@ impl wit_rate_limit::Guest for EdgeFunction {
 
 impl incoming_handler::Guest for EdgeFunction {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let response = match Config::from_env() {
-            Ok(config) => http::handle(&read_request(request), &HostCache, &HostOrigin, &HostClock, &config),
-            Err(why) => http::Response::problem(500, "misconfigured", "Misconfigured edge function", &why),
+        let response = match config() {
+            Ok(config) => http::handle(&read_request(request), &HostCache, &HostOrigin, &HostClock, config),
+            Err(why) => http::Response::problem(500, "misconfigured", "Misconfigured edge function", why),
         };
         send_response(response, response_out);
     }

@@ -18,6 +18,12 @@ pub const PERF_MAP_ENV: &str = "EDGE_CACHE_PERF_MAP";
 /// Table bytes kept resident per slot (when only written pages are reset).
 const KEEP_RESIDENT_TABLE_BYTES: usize = 1 << 20;
 
+/// Requests an instance serves by default. A fresh instance per request
+/// costs more than the rest of a cached lookup (instantiation, then resetting
+/// and returning its memory); a bounded number of uses amortises that while
+/// no instance lives long.
+pub const DEFAULT_INSTANCE_REUSE: u32 = 100;
+
 /// What one request's instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestLimits {
@@ -25,8 +31,12 @@ pub struct GuestLimits {
     pub memory_bytes: usize,
     /// Wall-clock time a request may take, host calls included.
     pub request_timeout: Duration,
-    /// Instances alive at once (the pool's size): requests in flight.
+    /// Instances alive at once (the pool's size): requests in flight, and
+    /// instances kept warm between requests.
     pub max_instances: u32,
+    /// Requests one instance serves, one after another, before it is
+    /// dropped; 1 gives every request a fresh instance.
+    pub instance_reuse: u32,
 }
 
 impl Default for GuestLimits {
@@ -35,6 +45,7 @@ impl Default for GuestLimits {
             memory_bytes: 64 << 20,
             request_timeout: Duration::from_secs(10),
             max_instances: 1000,
+            instance_reuse: DEFAULT_INSTANCE_REUSE,
         }
     }
 }

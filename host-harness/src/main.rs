@@ -6,7 +6,7 @@ use edge_cache_guest::config as guest;
 use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::compose;
-use edge_cache_harness::engine::GuestLimits;
+use edge_cache_harness::engine::{DEFAULT_INSTANCE_REUSE, GuestLimits};
 use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
 use std::net::SocketAddr;
@@ -171,6 +171,12 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     max_instances: u32,
 
+    /// Requests one instance serves, one at a time, before it is replaced
+    /// by a fresh one; 1 gives every request a fresh instance. An instance
+    /// that traps, times out or fails is never reused.
+    #[arg(long, env = "EDGE_CACHE_INSTANCE_REUSE", default_value_t = DEFAULT_INSTANCE_REUSE, value_parser = clap::value_parser!(u32).range(1..))]
+    instance_reuse: u32,
+
     /// Log format.
     #[arg(long, env = "EDGE_CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -267,6 +273,7 @@ impl ServeArgs {
                 memory_bytes: usize::try_from(self.guest_memory).unwrap_or(usize::MAX),
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
                 max_instances: self.max_instances,
+                instance_reuse: self.instance_reuse,
             },
         }
     }

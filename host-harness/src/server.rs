@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 use thiserror::Error;
@@ -27,8 +27,8 @@ use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtx;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
@@ -129,6 +129,33 @@ pub struct Harness {
     guest_env: Vec<(String, String)>,
     limits: GuestLimits,
     metrics: Metrics,
+    warm: Arc<WarmPool>,
+}
+
+/// An instance between two requests.
+struct WarmInstance {
+    store: Store<EdgeState>,
+    proxy: Proxy,
+    /// Requests it has served.
+    served: u32,
+}
+
+/// Instances that served a request cleanly and may serve another, one
+/// request at a time. It holds at most as many as were ever in flight at
+/// once, which the engine's pool bounds (`--max-instances`).
+#[derive(Default)]
+struct WarmPool(Mutex<Vec<WarmInstance>>);
+
+impl WarmPool {
+    /// The most recently used instance: its memory is the likeliest to
+    /// still be in the CPU's caches.
+    fn take(&self) -> Option<WarmInstance> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
+    }
+
+    fn put(&self, instance: WarmInstance) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(instance);
+    }
 }
 
 impl Harness {
@@ -178,6 +205,7 @@ impl Harness {
             edge: EdgeCtx { cache, origin },
             guest_env: config.guest_env.clone(),
             limits: config.guest_limits,
+            warm: Arc::default(),
         })
     }
 
@@ -258,17 +286,29 @@ impl Harness {
         &self,
         request: hyper::Request<Incoming>,
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
-        let mut store = self.new_store();
+        let (mut store, warm) = match self.warm.take() {
+            Some(WarmInstance { store, proxy, served }) => (store, Some((proxy, served))),
+            None => (self.new_store(), None),
+        };
+        set_deadline(&mut store, self.limits.request_timeout);
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let response_out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.http.clone();
+        let reuse = self.limits.instance_reuse;
         let mut guest = Box::pin(async move {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
+            let (proxy, served) = match warm {
+                Some(warm) => warm,
+                None => (pre.instantiate_async(&mut store).await?, 0),
+            };
+            proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, response_out)
-                .await
+                .await?;
+            // Only an instance that returned cleanly serves again; one that
+            // trapped, overran its deadline or failed is dropped with its store.
+            let served = served + 1;
+            Ok::<_, wasmtime::Error>((served < reuse).then_some(WarmInstance { store, proxy, served }))
         });
         // The guest runs in this task. It hands over its response from inside
         // its own poll, so the channel is checked after each poll rather than
@@ -292,10 +332,20 @@ impl Harness {
             // the hand-over); one still streaming its body goes on in a task of
             // its own.
             (Some(Ok(response)), Poll::Pending) => {
-                tokio::spawn(guest);
+                let warm = self.warm.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(instance)) = guest.await {
+                        warm.put(instance);
+                    }
+                });
                 Ok(response)
             }
-            (Some(Ok(response)), Poll::Ready(_)) => Ok(response),
+            (Some(Ok(response)), Poll::Ready(finished)) => {
+                if let Ok(Some(instance)) = finished {
+                    self.warm.put(instance);
+                }
+                Ok(response)
+            }
             (Some(Err(code)), _) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
             (None, Poll::Ready(Err(error))) => Err(error),
             (None, _) => Err(wasmtime::format_err!("the guest returned without sending a response")),

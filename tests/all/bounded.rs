@@ -1,5 +1,7 @@
 //! A guest that loops, hoards memory, panics or never answers is contained:
 //! its request gets a 5xx problem body and everything else keeps working.
+//! Instances serve a bounded number of requests, and one that failed never
+//! serves another.
 
 use edge_cache_harness::HarnessConfig;
 use edge_cache_harness::engine::GuestLimits;
@@ -12,8 +14,13 @@ static MISBEHAVING: LazyLock<Component> =
     LazyLock::new(|| Component::from_file(&ENGINE, env!("MISBEHAVING_GUEST")).expect("the misbehaving guest compiles"));
 
 async fn serve_misbehaving() -> Served {
+    serve_misbehaving_reusing(GuestLimits::default().instance_reuse).await
+}
+
+async fn serve_misbehaving_reusing(instance_reuse: u32) -> Served {
     let guest_limits = GuestLimits {
         request_timeout: Duration::from_millis(500),
+        instance_reuse,
         ..GuestLimits::default()
     };
     Served::start_component(
@@ -90,4 +97,38 @@ async fn panics_and_missing_responses_are_500s() {
         );
     }
     assert_eq!(served.get("/ok").await.status(), 200);
+}
+
+/// How many requests the instance that answers this one has served.
+async fn served_by_instance(served: &Served) -> u32 {
+    let response = served.get("/count").await;
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_serves_at_most_instance_reuse_requests() {
+    let served = serve_misbehaving_reusing(3).await;
+    let mut counts = Vec::new();
+    for _ in 0..7 {
+        counts.push(served_by_instance(&served).await);
+    }
+    assert_eq!(counts, [1, 2, 3, 1, 2, 3, 1]);
+
+    let served = serve_misbehaving_reusing(1).await;
+    for _ in 0..3 {
+        assert_eq!(served_by_instance(&served).await, 1, "a fresh instance every time");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_failed_never_serves_again() {
+    let served = serve_misbehaving().await;
+    assert_eq!(served_by_instance(&served).await, 1);
+    assert_eq!(served_by_instance(&served).await, 2);
+    for failing in ["/panic", "/silent", "/hoard", "/loop"] {
+        let (status, _) = problem_status(&served, failing).await;
+        assert!(status >= 500, "{failing}: {status}");
+        assert_eq!(served_by_instance(&served).await, 1, "after {failing}");
+    }
 }

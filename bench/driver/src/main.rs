@@ -49,6 +49,11 @@ struct Options {
     /// Where the release binaries are (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// An extra argument for `edge-cache serve` (repeatable), e.g.
+    /// `--harness-arg=--instance-reuse=1` to give every request a fresh
+    /// instance.
+    #[arg(long = "harness-arg", allow_hyphen_values = true)]
+    harness_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -106,6 +111,7 @@ impl Workload {
 /// What both services are run with, so they differ only in what serves.
 struct Setup {
     redis: Redis,
+    harness_args: Vec<String>,
     origin_db: PathBuf,
     origin_latency_ms: u64,
     harness: PathBuf,
@@ -136,6 +142,7 @@ impl Setup {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut args = vec!["serve".to_owned()];
         args.extend(common(address));
+        args.extend(self.harness_args.iter().cloned());
         let harness = Service::start("harness", &self.harness, &args, &env, address)?;
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let native = Service::start("native", &self.native, &common(address), &env, address)?;
@@ -319,6 +326,8 @@ impl Ratios {
 struct Target {
     what: String,
     met: bool,
+    /// Counted, not timed: the same on any machine, so a miss fails the run.
+    structural: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -341,6 +350,7 @@ fn main() -> anyhow::Result<()> {
     seed_origin(&origin_db)?;
     let setup = Setup {
         redis: Redis::start()?,
+        harness_args: options.harness_args.clone(),
         origin_db,
         origin_latency_ms: options.origin_latency_ms,
         harness: bin_dir.join("edge-cache"),
@@ -350,12 +360,13 @@ fn main() -> anyhow::Result<()> {
     };
     println!(
         "settings: {rounds} round(s) of {} s per series after {} s of warm-up; connections {:?}; \
-         origin latency {} ms; redis-server on port {}",
+         origin latency {} ms; redis-server on port {}; harness arguments {:?}",
         duration.as_secs(),
         warmup.as_secs(),
         options.connections,
         options.origin_latency_ms,
-        setup.redis.port
+        setup.redis.port,
+        options.harness_args
     );
 
     let mut targets = Vec::new();
@@ -433,15 +444,18 @@ fn main() -> anyhow::Result<()> {
                     targets.push(Target {
                         what: format!("{name} c={connections}: req/s ratio {:.3} ≥ 0.90", median.throughput),
                         met: median.throughput >= 0.9,
+                        structural: false,
                     });
                     targets.push(Target {
                         what: format!("{name} c={connections}: cpu/request ratio {:.3} ≤ 1.15", median.cpu),
                         met: median.cpu <= 1.15,
+                        structural: false,
                     });
                 } else {
                     targets.push(Target {
                         what: format!("{name} c=1: p50 {:+.1} µs over native ≤ 20 µs", median.p50_extra_us),
                         met: median.p50_extra_us <= 20.0,
+                        structural: false,
                     });
                 }
             }
@@ -460,6 +474,7 @@ fn main() -> anyhow::Result<()> {
             Workload::Limiter => targets.push(Target {
                 what: format!("fixed-window check = {total:.2} round trip (evalsha {:.2})", calls("evalsha")),
                 met: total == 1.0 && calls("evalsha") == 1.0,
+                structural: true,
             }),
             Workload::Hit => targets.push(Target {
                 what: format!(
@@ -467,6 +482,7 @@ fn main() -> anyhow::Result<()> {
                     total - calls("evalsha")
                 ),
                 met: total == 2.0 && calls("get") == 1.0 && calls("evalsha") == 1.0,
+                structural: true,
             }),
             Workload::Miss => {}
         }
@@ -475,6 +491,15 @@ fn main() -> anyhow::Result<()> {
     for target in &targets {
         println!("{} {}", if target.met { "met   " } else { "MISSED" }, target.what);
     }
+    // Timings depend on the machine and its load, so a missed one is
+    // reported, not failed; a request that costs another Redis round trip is
+    // a change in behaviour.
+    let broken: Vec<&str> = targets
+        .iter()
+        .filter(|target| target.structural && !target.met)
+        .map(|target| target.what.as_str())
+        .collect();
+    ensure!(broken.is_empty(), "round trips per request changed: {broken:?}");
     Ok(())
 }
 

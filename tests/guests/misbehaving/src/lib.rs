@@ -1,6 +1,7 @@
 //! An edge function that misbehaves on request, for the harness's tests:
 //! `/loop` spins forever, `/hoard` allocates without bound, `/panic` panics,
-//! `/silent` returns without answering, anything else answers 200.
+//! `/silent` returns without answering, `/count` answers how many requests
+//! this instance has served, anything else answers 200.
 //! It exports the whole `edge-function` world, so the harness serves it like
 //! the real guest.
 
@@ -18,6 +19,7 @@ use bindings::exports::edge::cache::{profiles, rate_limit};
 use bindings::exports::wasi::http::incoming_handler;
 use bindings::wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 struct Misbehaving;
 
@@ -40,6 +42,19 @@ impl incoming_handler::Guest for Misbehaving {
             }
             Some("/panic") => panic!("asked to panic"),
             Some("/silent") => {}
+            Some("/count") => {
+                static SERVED: AtomicU32 = AtomicU32::new(0);
+                let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().expect("a fresh response has a body");
+                let stream = body.write().expect("a fresh body has a stream");
+                stream
+                    .blocking_write_and_flush(served.to_string().as_bytes())
+                    .expect("the host accepts the body");
+                drop(stream);
+                OutgoingBody::finish(body, None).expect("the body is complete");
+                ResponseOutparam::set(response_out, Ok(response));
+            }
             _ => {
                 let response = OutgoingResponse::new(Fields::new());
                 let body = response.body().expect("a fresh response has a body");
