@@ -15,12 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-/// Every request makes and drops a store, an instance and their tables:
-/// hundreds of small allocations from two threads, where glibc's malloc
-/// spends a fifth of the harness's CPU (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "edge-cache",
