@@ -39,6 +39,20 @@ impl Guard {
             None => Ok(()),
         }
     }
+
+    /// Polls `ready` until it holds; fails if the process exits first or
+    /// `limit` passes (`doing` completes "… did not {doing} within …").
+    fn wait_until(&mut self, limit: Duration, doing: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while !ready() {
+            self.alive()?;
+            if Instant::now() > deadline {
+                bail!("{} did not {doing} within {limit:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Guard {
@@ -62,25 +76,19 @@ impl Redis {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--loglevel", "warning"])
             .stdout(Stdio::null());
-        let process = Guard::spawn(&mut command, "redis-server").map_err(|error| {
+        let mut process = Guard::spawn(&mut command, "redis-server").map_err(|error| {
             anyhow::anyhow!(
                 "cannot start redis-server ({error}); install it with `apt-get install -y redis-server` \
                  or `scripts/setup --redis`"
             )
         })?;
-        let mut redis = Self {
+        process.wait_until(Duration::from_secs(10), &format!("answer PING on port {port}"), || {
+            command_on(port, &["PING"]).is_ok_and(|reply| reply == "PONG")
+        })?;
+        Ok(Self {
             port,
             _process: process,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.command(&["PING"]).map_or(true, |reply| reply != "PONG") {
-            redis._process.alive()?;
-            if Instant::now() > deadline {
-                bail!("redis-server on port {port} did not answer PING within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(redis)
+        })
     }
 
     pub fn url(&self) -> String {
@@ -89,30 +97,7 @@ impl Redis {
 
     /// Sends one command and returns its reply (a status or bulk string).
     pub fn command(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        stream.write_all(request.as_bytes())?;
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        match line.split_at_checked(1) {
-            Some(("+", status)) => Ok(status.to_owned()),
-            Some((":", number)) => Ok(number.to_owned()),
-            Some(("$", length)) => {
-                let length: usize = length.parse().context("bad bulk length")?;
-                let mut body = vec![0; length + 2];
-                reader.read_exact(&mut body)?;
-                body.truncate(length);
-                Ok(String::from_utf8(body)?)
-            }
-            Some(("-", error)) => bail!("Redis answered {args:?} with an error: {error}"),
-            _ => bail!("unexpected Redis reply {line:?}"),
-        }
+        command_on(self.port, args)
     }
 
     /// Watches every command clients send (`MONITOR`) until the returned
@@ -127,6 +112,34 @@ impl Redis {
         ensure!(line.trim_end() == "+OK", "MONITOR answered {line:?}");
         let lines = std::thread::spawn(move || reader.lines().map_while(Result::ok).collect());
         Ok(Monitor { stream, lines })
+    }
+}
+
+/// Sends one command to the Redis on `port` and returns its reply.
+fn command_on(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end();
+    match line.split_at_checked(1) {
+        Some(("+", status)) => Ok(status.to_owned()),
+        Some((":", number)) => Ok(number.to_owned()),
+        Some(("$", length)) => {
+            let length: usize = length.parse().context("bad bulk length")?;
+            let mut body = vec![0; length + 2];
+            reader.read_exact(&mut body)?;
+            body.truncate(length);
+            Ok(String::from_utf8(body)?)
+        }
+        Some(("-", error)) => bail!("Redis answered {args:?} with an error: {error}"),
+        _ => bail!("unexpected Redis reply {line:?}"),
     }
 }
 
@@ -197,14 +210,11 @@ impl Service {
         let process = Guard::spawn(&mut command, name).with_context(|| format!("cannot start {name}"))?;
         let mut service = Self { name, address, process };
         // The first start of the harness compiles the component (cached after).
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect(address).is_err() {
-            service.process.alive()?;
-            if Instant::now() > deadline {
-                bail!("{name} did not listen on {address} within 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        service
+            .process
+            .wait_until(Duration::from_secs(120), &format!("listen on {address}"), || {
+                TcpStream::connect(address).is_ok()
+            })?;
         Ok(service)
     }
 
