@@ -287,10 +287,18 @@ impl Harness {
         request: hyper::Request<Incoming>,
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
         let (mut store, warm) = match self.warm.take() {
-            Some(WarmInstance { store, proxy, served }) => (store, Some((proxy, served))),
+            Some(WarmInstance {
+                mut store,
+                proxy,
+                served,
+            }) => {
+                // A fresh store is armed when made; a warm one still holds
+                // its previous request's deadline.
+                set_deadline(&mut store, self.limits.request_timeout);
+                (store, Some((proxy, served)))
+            }
             None => (self.new_store(), None),
         };
-        set_deadline(&mut store, self.limits.request_timeout);
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let response_out = store.data_mut().http().new_response_outparam(sender)?;

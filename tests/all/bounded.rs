@@ -132,3 +132,13 @@ async fn an_instance_that_failed_never_serves_again() {
         assert_eq!(served_by_instance(&served).await, 1, "after {failing}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_gets_a_deadline_of_its_own_for_each_request() {
+    // The timeout is 500 ms: past its first request's deadline, the same
+    // instance still serves the next request in full.
+    let served = serve_misbehaving().await;
+    assert_eq!(served_by_instance(&served).await, 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(served_by_instance(&served).await, 2);
+}
