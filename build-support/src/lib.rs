@@ -10,8 +10,11 @@ use std::process::Command;
 
 pub const TARGET: &str = "wasm32-wasip2";
 
-/// Builds `package` (a member of the workspace at `workspace`) in release
-/// mode and returns the component's path. Tells cargo to rebuild when
+/// The cargo profile components are built with (see the workspace manifest).
+pub const PROFILE: &str = "component";
+
+/// Builds `package` (a member of the workspace at `workspace`) with the
+/// [`PROFILE`] profile and returns the component's path. Tells cargo to rebuild when
 /// anything under `watched` (relative to the workspace) changes.
 pub fn build_component(workspace: &Path, package: &str, watched: &[&str]) -> PathBuf {
     for path in watched.iter().chain(&["wit", "Cargo.lock"]) {
@@ -31,7 +34,8 @@ pub fn build_component(workspace: &Path, package: &str, watched: &[&str]) -> Pat
             "build",
             "--package",
             package,
-            "--release",
+            "--profile",
+            PROFILE,
             "--target",
             TARGET,
             "--target-dir",
@@ -55,7 +59,7 @@ pub fn build_component(workspace: &Path, package: &str, watched: &[&str]) -> Pat
 
     let component = target_dir
         .join(TARGET)
-        .join("release")
+        .join(PROFILE)
         .join(format!("{}.wasm", package.replace('-', "_")));
     assert!(
         component.is_file(),
