@@ -18,7 +18,8 @@
 
 use crate::host::{Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The longest accepted profile id.
 pub const MAX_ID_LEN: usize = 64;
@@ -95,14 +96,27 @@ impl From<OriginError> for ProfileError {
 }
 
 /// The cached form of a lookup.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     /// Fresh until this millisecond (Unix epoch).
     fresh_until: u64,
     /// How long the origin took to answer, for early refresh.
     compute_ms: u64,
     /// The profile; `None` caches its absence.
-    profile: Option<Map<String, Value>>,
+    profile: Option<ProfileJson>,
+}
+
+/// A profile: the compact text of a JSON object. Kept as text in the cached
+/// entry, so a hit answers with it as it is instead of rebuilding the object
+/// and printing it again.
+pub type ProfileJson = Box<RawValue>;
+
+impl Entry {
+    /// Whether a decoded entry is one this module wrote: its profile, if
+    /// any, is an object.
+    fn is_well_formed(&self) -> bool {
+        self.profile.as_ref().is_none_or(|profile| profile.get().starts_with('{'))
+    }
 }
 
 /// The cache key of a profile.
@@ -134,10 +148,12 @@ pub fn validate_id(id: &str) -> Result<(), ProfileError> {
     }
 }
 
-/// Parses `text` as a JSON object.
-pub fn parse_profile(text: &str) -> Result<Map<String, Value>, ProfileError> {
+/// Parses `text` as a JSON object and returns it in compact form.
+pub fn parse_profile(text: &str) -> Result<ProfileJson, ProfileError> {
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(object)) => Ok(object),
+        Ok(object @ Value::Object(_)) => {
+            Ok(serde_json::value::to_raw_value(&object).expect("a JSON value always serializes"))
+        }
         Ok(_) => Err(ProfileError::InvalidProfile("a profile must be a JSON object".into())),
         Err(e) => Err(ProfileError::InvalidProfile(format!("not valid JSON: {e}"))),
     }
@@ -179,7 +195,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     pub fn update(&self, id: &str, profile: &str) -> Result<(String, bool), ProfileError> {
         validate_id(id)?;
         let profile = parse_profile(profile)?;
-        let text = Value::Object(profile.clone()).to_string();
+        let text = profile.get().to_owned();
         let created = self.origin.update(id, &text)?;
         let entry = Entry {
             fresh_until: self.fresh_until(self.settings.ttl_seconds),
@@ -207,7 +223,10 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
                 return Cached::Unusable;
             }
         };
-        let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) else {
+        let Some(entry) = serde_json::from_slice::<Entry>(&bytes)
+            .ok()
+            .filter(Entry::is_well_formed)
+        else {
             log(&format!("discarding an unreadable cached value for {id}"));
             return Cached::Missing(Some(bytes));
         };
@@ -288,7 +307,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     fn bypass(&self, id: &str) -> Result<Option<Lookup>, ProfileError> {
         let profile = self.fetch(id)?.0;
         Ok(profile.map(|profile| Lookup {
-            profile: Value::Object(profile).to_string(),
+            profile: profile_text(profile),
             source: Source::Bypass,
         }))
     }
@@ -318,7 +337,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
         Ok(entry)
     }
 
-    fn fetch(&self, id: &str) -> Result<(Option<Map<String, Value>>, u64), ProfileError> {
+    fn fetch(&self, id: &str) -> Result<(Option<ProfileJson>, u64), ProfileError> {
         let started = self.clock.now_ms();
         let text = self.origin.fetch(id)?;
         let compute_ms = self.clock.now_ms().saturating_sub(started);
@@ -366,9 +385,13 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
 
 fn answer(entry: Entry, source: Source) -> Option<Lookup> {
     entry.profile.map(|profile| Lookup {
-        profile: Value::Object(profile).to_string(),
+        profile: profile_text(profile),
         source,
     })
+}
+
+fn profile_text(profile: ProfileJson) -> String {
+    Box::<str>::from(profile).into_string()
 }
 
 /// Guest diagnostics go to stderr, which the host attributes to the request.
@@ -680,7 +703,14 @@ mod tests {
     fn corrupt_or_foreign_values_are_misses_and_overwritten() {
         let (cache, origin) = alice();
         let profiles = profiles(&cache, &origin);
-        for junk in [&b"\xff\xfe"[..], b"[1]", b"{trunc", br#"{"id":"alice"}"#] {
+        let envelope_of_an_array = br#"{"fresh_until":99999999999999,"compute_ms":0,"profile":[1]}"#;
+        for junk in [
+            &b"\xff\xfe"[..],
+            b"[1]",
+            b"{trunc",
+            br#"{"id":"alice"}"#,
+            envelope_of_an_array,
+        ] {
             cache.insert_raw("profile:v1:alice", junk);
             assert_eq!(source(profiles.get("alice")), Source::Origin, "{junk:?}");
             assert_eq!(source(profiles.get("alice")), Source::Cache);

@@ -25,7 +25,8 @@ use edge_cache_origin::{Origin, OriginConfig};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, SetExpiry, SetOptions};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,12 +90,13 @@ struct App {
     compare_and_swap: Script,
 }
 
-/// The guest's cache entry, byte for byte.
+/// The guest's cache entry, byte for byte; like the guest, it keeps the
+/// profile as the compact text it answers with.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     fresh_until: u64,
     compute_ms: u64,
-    profile: Option<Map<String, Value>>,
+    profile: Option<Box<RawValue>>,
 }
 
 struct Decision {
@@ -251,7 +253,7 @@ impl App {
             Ok(Entry {
                 profile: Some(profile), ..
             }) => {
-                let mut response = (StatusCode::OK, Value::Object(profile).to_string()).into_response();
+                let mut response = (StatusCode::OK, Box::<str>::from(profile).into_string()).into_response();
                 insert(&mut response, "content-type", "application/json".into());
                 insert(&mut response, "x-cache", source.into());
                 response
@@ -336,7 +338,9 @@ impl App {
         let profile = match text {
             None => None,
             Some(text) => match serde_json::from_str(&text) {
-                Ok(Value::Object(profile)) => Some(profile),
+                Ok(object @ Value::Object(_)) => {
+                    Some(serde_json::value::to_raw_value(&object).expect("a JSON value always serializes"))
+                }
                 _ => {
                     return Err(format!(
                         "the origin returned a profile for {id} that is not a JSON object"
@@ -358,7 +362,9 @@ impl App {
 }
 
 fn decode(bytes: &[u8]) -> Option<Entry> {
-    serde_json::from_slice(bytes).ok()
+    serde_json::from_slice::<Entry>(bytes)
+        .ok()
+        .filter(|entry| entry.profile.as_ref().is_none_or(|profile| profile.get().starts_with('{')))
 }
 
 fn fresh(bytes: &[u8]) -> Option<Entry> {
