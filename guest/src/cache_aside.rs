@@ -60,6 +60,11 @@ impl Default for Settings {
 /// How long a fill or refresh lock lives if its holder dies.
 const LOCK_TTL_SECONDS: u64 = 5;
 
+/// The largest `-ln(r)` for the `r` that [`Clock::random`] returns (at least
+/// 2^-53): how far ahead of expiry, in units of the refresh cost, XFetch can
+/// ever refresh.
+const MAX_EXPONENTIAL_DRAW: f64 = 53.0 * std::f64::consts::LN_2;
+
 /// How often a waiting request looks for the fill.
 const POLL_INTERVAL_MS: u64 = 20;
 
@@ -115,7 +120,9 @@ impl Entry {
     /// Whether a decoded entry is one this module wrote: its profile, if
     /// any, is an object.
     fn is_well_formed(&self) -> bool {
-        self.profile.as_ref().is_none_or(|profile| profile.get().starts_with('{'))
+        self.profile
+            .as_ref()
+            .is_none_or(|profile| profile.get().starts_with('{'))
     }
 }
 
@@ -242,8 +249,17 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     /// would have to.
     fn due(&self, entry: &Entry) -> bool {
         let now = self.clock.now_ms() as f64;
-        let head_start = entry.compute_ms as f64 * self.settings.early_refresh_beta * -self.clock.random().ln();
-        now + head_start >= entry.fresh_until as f64
+        let fresh_until = entry.fresh_until as f64;
+        if now >= fresh_until {
+            return true;
+        }
+        let scale = entry.compute_ms as f64 * self.settings.early_refresh_beta;
+        // Far enough from expiry, no draw can make the entry due: most hits
+        // then skip the draw, a host call.
+        if now + scale * MAX_EXPONENTIAL_DRAW < fresh_until {
+            return false;
+        }
+        now + scale * -self.clock.random().ln() >= fresh_until
     }
 
     /// One request refreshes a due entry; the others serve it as it is.
@@ -527,6 +543,27 @@ mod tests {
         cache.clock.random.set(0.006);
         assert_eq!(source(profiles.get("alice")), Source::Origin, "an early refresh");
         assert_eq!(origin.reads.get(), 1);
+    }
+
+    #[test]
+    fn hits_far_from_expiry_draw_no_random_number() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        // An origin read that took 1 s: no draw refreshes more than ~37 s early.
+        let entry = Entry {
+            fresh_until: cache.clock.now_ms() + 60_000,
+            compute_ms: 1_000,
+            profile: Some(parse_profile(ALICE).unwrap()),
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap();
+        cache.set("profile:v1:alice", &bytes, Some(100), false).unwrap();
+        cache.clock.random.set(2f64.powi(-53));
+        assert_eq!(source(profiles.get("alice")), Source::Cache);
+        assert_eq!(cache.clock.draws.get(), 0);
+        // 30 s before expiry, the least likely draw refreshes.
+        cache.clock.advance(30_000);
+        assert_eq!(source(profiles.get("alice")), Source::Origin);
+        assert_eq!(cache.clock.draws.get(), 1);
     }
 
     #[test]

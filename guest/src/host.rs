@@ -83,7 +83,7 @@ pub trait Clock {
     fn now_ms(&self) -> u64;
     /// Blocks this request for `ms` milliseconds.
     fn sleep_ms(&self, ms: u64);
-    /// A uniformly distributed number in (0, 1].
+    /// A uniformly distributed number in (0, 1], at least 2^-53.
     fn random(&self) -> f64;
 }
 
@@ -106,6 +106,8 @@ pub mod memory {
     pub struct ManualClock {
         pub now: Cell<u64>,
         pub random: Cell<f64>,
+        /// How many times `random` was asked.
+        pub draws: Cell<u32>,
     }
 
     impl Default for ManualClock {
@@ -113,6 +115,7 @@ pub mod memory {
             Self {
                 now: Cell::new(1_700_000_000_000),
                 random: Cell::new(1.0),
+                draws: Cell::new(0),
             }
         }
     }
@@ -133,6 +136,7 @@ pub mod memory {
         }
 
         fn random(&self) -> f64 {
+            self.draws.set(self.draws.get() + 1);
             self.random.get()
         }
     }
