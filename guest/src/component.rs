@@ -5,6 +5,11 @@ mod bindings {
         path: "../wit",
         world: "edge:cache/edge-function",
         generate_all,
+        // Imports take borrowed data all the way down (`&[(&str, &[u8])]`
+        // for header lists), so calling them copies nothing in the guest.
+        ownership: Borrowing {
+            duplicate_if_necessary: false
+        },
     });
 }
 
@@ -50,7 +55,7 @@ impl Cache for HostCache {
     }
 
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        Ok(wit_cache::get_many(keys)?)
+        Ok(wit_cache::get_many(&borrowed(keys))?)
     }
 
     fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError> {
@@ -65,7 +70,7 @@ impl Cache for HostCache {
     }
 
     fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
-        Ok(wit_cache::delete(keys)?)
+        Ok(wit_cache::delete(&borrowed(keys))?)
     }
 
     fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {
@@ -88,6 +93,10 @@ impl Cache for HostCache {
             wit_cache::CasOutcome::Conflict(current) => CasOutcome::Conflict(current),
         })
     }
+}
+
+fn borrowed(keys: &[String]) -> Vec<&str> {
+    keys.iter().map(String::as_str).collect()
 }
 
 /// Time and randomness from WASI.
@@ -314,20 +323,20 @@ fn read_body(body: IncomingBody) -> http::Body {
 
 fn send_response(response: http::Response, response_out: ResponseOutparam) {
     // A declared length spares the host chunked encoding.
-    let length = (
-        "content-length".to_owned(),
-        response.body.len().to_string().into_bytes(),
-    );
-    let entries: Vec<(String, Vec<u8>)> = response
+    let length = response.body.len().to_string();
+    let entries: Vec<(&str, &[u8])> = response
         .headers
-        .into_iter()
-        .map(|(name, value)| (name, value.into_bytes()))
-        .chain([length])
+        .iter()
+        .map(|(name, value)| (*name, value.as_bytes()))
+        .chain([("content-length", length.as_bytes())])
         .collect();
     let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
     let outgoing = OutgoingResponse::new(headers);
-    // Status codes come from this crate's own table; all are valid.
-    let _ = outgoing.set_status_code(response.status);
+    // A new response is a 200; any other status costs a host call. Status
+    // codes come from this crate's own table; all are valid.
+    if response.status != 200 {
+        let _ = outgoing.set_status_code(response.status);
+    }
     let Ok(body) = outgoing.body() else { return };
     // The host buffers one write before anyone reads the body. A body that
     // fits in it goes in before the response is handed over, so the host can

@@ -59,7 +59,8 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    /// Names in lower case; all are this crate's own.
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
 }
 
@@ -67,7 +68,7 @@ impl Response {
     fn json(status: u16, body: String) -> Self {
         Self {
             status,
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers: vec![("content-type", "application/json".into())],
             body: body.into_bytes(),
         }
     }
@@ -82,13 +83,13 @@ impl Response {
         });
         Self {
             status,
-            headers: vec![("content-type".into(), "application/problem+json".into())],
+            headers: vec![("content-type", "application/problem+json".into())],
             body: body.to_string().into_bytes(),
         }
     }
 
-    fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 
