@@ -5,10 +5,14 @@ use crate::backend::{CacheError, CasOutcome, Ttl};
 use crate::bindings::{cache, origin};
 use crate::cache::Cache;
 use crate::origin::{Origin, OriginError};
+use hyper::header::HeaderName;
+use std::sync::Arc;
 use wasmtime::StoreLimits;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{
+    DEFAULT_FORBIDDEN_HEADERS, ForbiddenHeaderFilter, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 /// What the `edge:cache` imports reach: shared handles, cheap to clone into
 /// every store.
@@ -36,6 +40,26 @@ pub struct EdgeState {
     pub table: ResourceTable,
     pub edge: EdgeCtx,
     pub limits: StoreLimits,
+    pub http_hooks: HttpHooks,
+}
+
+/// The headers a guest may not set: wasi:http's default set.
+static FORBIDDEN_HEADERS: [HeaderName; 9] = DEFAULT_FORBIDDEN_HEADERS;
+
+/// wasi:http's policy for the guest: its defaults, checked without
+/// allocating. (The default hooks build a filter closure, and a copy of the
+/// forbidden list, for every header a guest sends: ten times a request.)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HttpHooks;
+
+impl WasiHttpHooks for HttpHooks {
+    fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
+        FORBIDDEN_HEADERS.contains(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        Arc::new(|name| FORBIDDEN_HEADERS.contains(name))
+    }
 }
 
 impl WasiView for EdgeState {
@@ -52,7 +76,7 @@ impl WasiHttpView for EdgeState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
+            hooks: &mut self.http_hooks,
         }
     }
 }
@@ -161,5 +185,25 @@ impl origin::Host for EdgeCtx {
 
     async fn update(&mut self, id: String, profile: String) -> Result<bool, origin::Error> {
         Ok(self.origin.update(&id, &profile).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_may_not_set_hop_by_hop_or_host_headers() {
+        let mut hooks = HttpHooks;
+        let filter = hooks.forbidden_header_filter();
+        for forbidden in DEFAULT_FORBIDDEN_HEADERS {
+            assert!(hooks.is_forbidden_header(&forbidden), "{forbidden}");
+            assert!(filter(&forbidden), "{forbidden}");
+        }
+        for allowed in ["content-type", "x-cache", "ratelimit", "retry-after"] {
+            let allowed = HeaderName::from_static(allowed);
+            assert!(!hooks.is_forbidden_header(&allowed), "{allowed}");
+            assert!(!filter(&allowed), "{allowed}");
+        }
     }
 }

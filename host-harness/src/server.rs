@@ -7,7 +7,7 @@ use crate::backend::redis::{ConnectError, RedisBackend, RedisClusterConfig, Redi
 use crate::bindings::{EdgeFunction, EdgeFunctionPre};
 use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
 use crate::engine::{GuestLimits, new_engine, set_deadline};
-use crate::host::{self, EdgeCtx, EdgeState};
+use crate::host::{self, EdgeCtx, EdgeState, HttpHooks};
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginConfig, OriginError};
 use http_body_util::{BodyExt, Full};
@@ -230,6 +230,7 @@ impl Harness {
             table: ResourceTable::new(),
             edge: self.edge.clone(),
             limits,
+            http_hooks: HttpHooks,
         };
         let mut store = Store::new(self.http.engine(), state);
         store.limiter(|state| &mut state.limits);
