@@ -128,7 +128,7 @@ impl Entry {
 
 /// The cache key of a profile.
 pub fn cache_key(id: &str) -> String {
-    format!("{KEY_PREFIX}{id}")
+    [KEY_PREFIX, id].concat()
 }
 
 fn lock_key(id: &str) -> String {

@@ -323,7 +323,8 @@ fn read_body(body: IncomingBody) -> http::Body {
 
 fn send_response(response: http::Response, response_out: ResponseOutparam) {
     // A declared length spares the host chunked encoding.
-    let length = response.body.len().to_string();
+    let mut digits = itoa::Buffer::new();
+    let length = digits.format(response.body.len());
     let entries: Vec<(&str, &[u8])> = response
         .headers
         .iter()

@@ -273,10 +273,17 @@ async fn stale_copies_are_served_while_one_request_refreshes(backend: BackendCon
     assert_eq!(sources.iter().filter(|s| *s == "stale").count(), 9, "{sources:?}");
     assert_eq!(served.harness.origin().reads(), 2);
     assert!(started.elapsed() < Duration::from_secs(3));
-    // The refreshed copy is fresh for 1 s: a request inside it is a hit.
+    // The refreshed copy is fresh for 1 s: a request inside it is a hit, or
+    // (in a few percent of runs: the origin takes 300 ms, and XFetch may
+    // refresh that far ahead) an early refresh, which reads the origin again.
     let after = served.get("/profiles/alice").await;
     if started.elapsed() < Duration::from_millis(900) {
-        assert_eq!(after.headers()["x-cache"], "hit");
+        let source = after.headers()["x-cache"].to_str().unwrap().to_owned();
+        let reads = served.harness.origin().reads();
+        assert!(
+            (source == "hit" && reads == 2) || (source == "miss" && reads == 3),
+            "x-cache {source} after {reads} origin reads"
+        );
     }
 }
 
