@@ -41,7 +41,7 @@ struct Options {
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     connections: Vec<u32>,
     /// Which workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "hit,limiter,miss")]
+    #[arg(long, value_delimiter = ',', default_value = "hit,limiter,miss,floor")]
     workloads: Vec<Workload>,
     /// The origin's simulated latency on the miss path, in milliseconds.
     #[arg(long, default_value_t = 1)]
@@ -66,7 +66,13 @@ enum Workload {
     /// A different profile each request: limiter, lookup, fill lock,
     /// origin (with latency), compare-and-swap store, unlock.
     Miss,
+    /// The hit path's host calls with none of the edge function's logic:
+    /// the harness serves `bench/floor` instead of the edge function.
+    Floor,
 }
+
+/// The component of the floor workload (built by `build.rs`).
+const FLOOR_COMPONENT: &str = env!("EDGE_CACHE_BENCH_FLOOR");
 
 /// Ids per wrk thread on the miss path; a run must not need more.
 const MISS_IDS_PER_THREAD: u64 = 200_000;
@@ -77,12 +83,13 @@ impl Workload {
             Self::Hit => "hit",
             Self::Limiter => "limiter",
             Self::Miss => "miss",
+            Self::Floor => "floor",
         }
     }
 
     fn paths(self) -> Paths {
         match self {
-            Self::Hit | Self::Limiter => Paths::Fixed("/profiles/alice"),
+            Self::Hit | Self::Limiter | Self::Floor => Paths::Fixed("/profiles/alice"),
             Self::Miss => Paths::Distinct {
                 prefix: "/profiles/u",
                 per_thread: MISS_IDS_PER_THREAD,
@@ -94,14 +101,14 @@ impl Workload {
     fn rate_limit(self) -> u32 {
         match self {
             Self::Limiter => 1,
-            Self::Hit | Self::Miss => 1_000_000_000,
+            Self::Hit | Self::Miss | Self::Floor => 1_000_000_000,
         }
     }
 
     /// The response every request of the workload must get.
     fn expected(self) -> (u16, Option<&'static str>) {
         match self {
-            Self::Hit => (200, Some("hit")),
+            Self::Hit | Self::Floor => (200, Some("hit")),
             Self::Limiter => (429, None),
             Self::Miss => (200, Some("miss")),
         }
@@ -142,6 +149,9 @@ impl Setup {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut args = vec!["serve".to_owned()];
         args.extend(common(address));
+        if workload == Workload::Floor {
+            args.push(format!("--component={FLOOR_COMPONENT}"));
+        }
         args.extend(self.harness_args.iter().cloned());
         let harness = Service::start("harness", &self.harness, &args, &env, address)?;
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -154,7 +164,7 @@ impl Setup {
         self.redis.command(&["FLUSHALL"])?;
         match workload {
             // Fills alice; for the limiter, spends the one allowed request.
-            Workload::Hit | Workload::Limiter => {
+            Workload::Hit | Workload::Limiter | Workload::Floor => {
                 http::Client::connect(service.address)?.get("/profiles/alice")?;
             }
             Workload::Miss => {}
@@ -370,6 +380,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mut targets = Vec::new();
+    let mut floor = Vec::new();
     let mut round_trips = Vec::new();
     for &workload in &options.workloads {
         let services = setup.start(workload)?;
@@ -439,7 +450,12 @@ fn main() -> anyhow::Result<()> {
             }
             let median = Ratios::median(&ratios);
             println!("{name:>7} c={connections:<2} median ratio  {}", median.describe());
-            if workload != Workload::Miss {
+            if workload == Workload::Floor {
+                floor.push(format!(
+                    "floor c={connections}: req/s ratio {:.3}, cpu/request ratio {:.3}, p50 {:+.1} µs over native",
+                    median.throughput, median.cpu, median.p50_extra_us
+                ));
+            } else if workload != Workload::Miss {
                 if connections > 1 {
                     targets.push(Target {
                         what: format!("{name} c={connections}: req/s ratio {:.3} ≥ 0.90", median.throughput),
@@ -484,12 +500,21 @@ fn main() -> anyhow::Result<()> {
                 met: total == 2.0 && calls("get") == 1.0 && calls("evalsha") == 1.0,
                 structural: true,
             }),
-            Workload::Miss => {}
+            Workload::Miss | Workload::Floor => {}
         }
     }
     println!("\n== targets (medians of the rounds above)");
     for target in &targets {
         println!("{} {}", if target.met { "met   " } else { "MISSED" }, target.what);
+    }
+    if !floor.is_empty() {
+        println!(
+            "\n== the floor: what serving any edge function through wasi:http costs before its own work \
+             (bench/floor, the hit path's host calls alone)"
+        );
+        for line in &floor {
+            println!("{line}");
+        }
     }
     // Timings depend on the machine and its load, so a missed one is
     // reported, not failed; a request that costs another Redis round trip is
@@ -508,6 +533,9 @@ fn workload_doc(workload: Workload) -> &'static str {
         Workload::Hit => "GET /profiles/alice, a cache hit every time (fixed-window check + cache lookup)",
         Workload::Limiter => "GET /profiles/alice over the caller's limit: the fixed-window check alone, 429",
         Workload::Miss => "GET /profiles/u{n}, a new profile each request: check, lookup, lock, origin, store, unlock",
+        Workload::Floor => {
+            "GET /profiles/alice served by bench/floor: the hit path's host calls and a fixed answer, no logic"
+        }
     }
 }
 

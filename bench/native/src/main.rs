@@ -362,9 +362,12 @@ impl App {
 }
 
 fn decode(bytes: &[u8]) -> Option<Entry> {
-    serde_json::from_slice::<Entry>(bytes)
-        .ok()
-        .filter(|entry| entry.profile.as_ref().is_none_or(|profile| profile.get().starts_with('{')))
+    serde_json::from_slice::<Entry>(bytes).ok().filter(|entry| {
+        entry
+            .profile
+            .as_ref()
+            .is_none_or(|profile| profile.get().starts_with('{'))
+    })
 }
 
 fn fresh(bytes: &[u8]) -> Option<Entry> {
