@@ -1,5 +1,6 @@
-//! The harness: a compiled, pre-linked component served over HTTP, one store
-//! per request.
+//! The harness: a compiled, pre-linked component served over HTTP. An
+//! instance serves one request at a time, and up to `--instance-reuse`
+//! requests in all before it is dropped.
 
 use crate::backend::Backend;
 use crate::backend::memory::{DEFAULT_MAX_MEMORY, MemoryBackend};
@@ -121,7 +122,7 @@ pub enum StartupError {
 }
 
 /// A ready-to-serve edge function: compiled once, linked once, instantiated
-/// per request.
+/// as requests need (see [`GuestLimits::instance_reuse`]).
 pub struct Harness {
     http: ProxyPre<EdgeState>,
     exports: Option<EdgeFunctionPre<EdgeState>>,
@@ -249,7 +250,8 @@ impl Harness {
         Ok((store, instance))
     }
 
-    /// Serves one HTTP request from `client` with a fresh instance.
+    /// Serves one HTTP request from `client`, with a warm instance if one is
+    /// free and a fresh one otherwise.
     pub async fn handle(
         &self,
         mut request: hyper::Request<Incoming>,
