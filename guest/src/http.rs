@@ -13,6 +13,7 @@ use crate::host::{Cache, Clock, Origin};
 use crate::rate_limit::{self, Decision, Policy};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// The header in which the host passes the client's address. The host sets it
 /// on every request, replacing whatever the client sent, so it cannot be
@@ -63,8 +64,8 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
-    /// Names in lower case; all are this crate's own.
-    pub headers: Vec<(&'static str, String)>,
+    /// Names in lower case; all are this crate's own, as are most values.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Vec<u8>,
 }
 
@@ -72,7 +73,7 @@ impl Response {
     fn json(status: u16, body: String) -> Self {
         Self {
             status,
-            headers: vec![("content-type", "application/json".into())],
+            headers: with_content_type("application/json"),
             body: body.into_bytes(),
         }
     }
@@ -98,12 +99,12 @@ impl Response {
         };
         Self {
             status,
-            headers: vec![("content-type", "application/problem+json".into())],
+            headers: with_content_type("application/problem+json"),
             body: serde_json::to_vec(&problem).expect("a problem of strings always serializes"),
         }
     }
 
-    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
@@ -112,8 +113,19 @@ impl Response {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
+}
+
+/// Room for every header a response of this function carries (the content
+/// type, `x-cache` or `retry-after`, five rate-limit headers, `allow`), so
+/// adding them never reallocates.
+const RESPONSE_HEADERS: usize = 8;
+
+fn with_content_type(content_type: &'static str) -> Vec<(&'static str, Cow<'static, str>)> {
+    let mut headers = Vec::with_capacity(RESPONSE_HEADERS);
+    headers.push(("content-type", Cow::Borrowed(content_type)));
+    headers
 }
 
 /// Who is calling: a digest of the API key when there is one, otherwise the
