@@ -387,7 +387,7 @@ impl Harness {
                             .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                         response
                     }
-                    "/healthz" => hyper::Response::new(full_body("ok\n".into())),
+                    "/healthz" => hyper::Response::new(full_body("ok\n")),
                     other => problem(404, "not-found", "Not found", &format!("no admin route {other}")),
                 }
             }
@@ -435,10 +435,8 @@ where
     }
 }
 
-fn full_body(text: String) -> HyperOutgoingBody {
-    Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed_unsync()
+fn full_body(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 fn load_component(engine: &Engine, path: &PathBuf) -> Result<Component, StartupError> {
@@ -451,18 +449,15 @@ fn load_component(engine: &Engine, path: &PathBuf) -> Result<Component, StartupE
     })
 }
 
-/// An RFC 9457 problem response made by the harness itself.
+/// An RFC 9457 problem response made by the harness itself, in the guest's
+/// format.
 fn problem(status: u16, kind: &str, title: &str, detail: &str) -> hyper::Response<HyperOutgoingBody> {
-    let body = serde_json::json!({
-        "type": format!("urn:edge-cache:problem:{kind}"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-    });
-    let mut response = hyper::Response::new(full_body(body.to_string()));
+    let body = edge_cache_guest::http::problem_body(status, kind, title, detail);
+    let mut response = hyper::Response::new(full_body(body));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(edge_cache_guest::http::PROBLEM_CONTENT_TYPE),
+    );
     response
 }
