@@ -52,13 +52,17 @@ static FORBIDDEN_HEADERS: [HeaderName; 9] = DEFAULT_FORBIDDEN_HEADERS;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HttpHooks;
 
+fn is_forbidden(name: &HeaderName) -> bool {
+    FORBIDDEN_HEADERS.contains(name)
+}
+
 impl WasiHttpHooks for HttpHooks {
     fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
-        FORBIDDEN_HEADERS.contains(name)
+        is_forbidden(name)
     }
 
     fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
-        Arc::new(|name| FORBIDDEN_HEADERS.contains(name))
+        Arc::new(is_forbidden)
     }
 }
 
