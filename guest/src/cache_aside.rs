@@ -519,24 +519,24 @@ mod tests {
         assert_eq!(source(profiles.get("alice")), Source::Origin);
     }
 
+    /// Caches alice as fresh for `fresh_for_ms` more, read from an origin
+    /// that took `compute_ms`.
+    fn cache_alice(cache: &MemoryCache, fresh_for_ms: u64, compute_ms: u64) {
+        let entry = Entry {
+            fresh_until: cache.clock.now_ms() + fresh_for_ms,
+            compute_ms,
+            profile: Some(parse_profile(ALICE).unwrap()),
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap();
+        cache.set("profile:v1:alice", &bytes, Some(100), false).unwrap();
+    }
+
     #[test]
     fn xfetch_refreshes_early_with_probability_growing_near_expiry() {
         let (cache, origin) = alice();
         let profiles = profiles(&cache, &origin);
         // An origin read that took 2 s.
-        let entry = Entry {
-            fresh_until: cache.clock.now_ms() + 10_000,
-            compute_ms: 2_000,
-            profile: Some(parse_profile(ALICE).unwrap()),
-        };
-        cache
-            .set(
-                "profile:v1:alice",
-                &serde_json::to_vec(&entry).unwrap(),
-                Some(100),
-                false,
-            )
-            .unwrap();
+        cache_alice(&cache, 10_000, 2_000);
         // 10 s before expiry: refreshing early needs -2 s * ln(r) >= 10 s, r <= e^-5.
         cache.clock.random.set(0.01);
         assert_eq!(source(profiles.get("alice")), Source::Cache);
@@ -550,13 +550,7 @@ mod tests {
         let (cache, origin) = alice();
         let profiles = profiles(&cache, &origin);
         // An origin read that took 1 s: no draw refreshes more than ~37 s early.
-        let entry = Entry {
-            fresh_until: cache.clock.now_ms() + 60_000,
-            compute_ms: 1_000,
-            profile: Some(parse_profile(ALICE).unwrap()),
-        };
-        let bytes = serde_json::to_vec(&entry).unwrap();
-        cache.set("profile:v1:alice", &bytes, Some(100), false).unwrap();
+        cache_alice(&cache, 60_000, 1_000);
         cache.clock.random.set(2f64.powi(-53));
         assert_eq!(source(profiles.get("alice")), Source::Cache);
         assert_eq!(cache.clock.draws.get(), 0);
