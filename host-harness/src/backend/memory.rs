@@ -242,6 +242,19 @@ impl MemoryBackend {
         Ok(outcome)
     }
 
+    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+        let now = Instant::now();
+        let mut deleted = false;
+        self.entries.entry_by_ref(key).and_compute_with(|current| match current {
+            Some(entry) if entry.value().is_live(now) && &*entry.value().bytes == expected => {
+                deleted = true;
+                Op::Remove
+            }
+            _ => Op::Nop,
+        });
+        Ok(deleted)
+    }
+
     /// The weighted size of what is stored, after pending evictions ran.
     pub fn used_memory(&self) -> u64 {
         self.entries.run_pending_tasks();

@@ -5,6 +5,7 @@
 //! Backends see full keys: namespacing and limits are applied above them, in
 //! [`crate::cache::Cache`].
 
+pub mod breaker;
 pub mod memory;
 pub mod redis;
 
@@ -95,6 +96,24 @@ impl Backend {
         }
     }
 
+    /// Whether the store can serve: `Ok` with a note, or `Err` with the
+    /// reason (for `/readyz`).
+    pub fn readiness(&self) -> Result<String, String> {
+        match self {
+            Self::Redis(redis) => redis.readiness(),
+            Self::Memory(_) => Ok("the embedded cache is in process".into()),
+        }
+    }
+
+    /// The gauges of the circuit breakers in front of Redis; none for the
+    /// embedded store.
+    pub fn breaker_gauges(&self) -> breaker::BreakerGauges {
+        match self {
+            Self::Redis(redis) => redis.breaker_gauges().clone(),
+            Self::Memory(_) => breaker::BreakerGauges::default(),
+        }
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         dispatch!(self, b => b.get(key))
     }
@@ -151,5 +170,9 @@ impl Backend {
         ttl: Option<u64>,
     ) -> Result<CasOutcome, CacheError> {
         dispatch!(self, b => b.compare_and_swap(key, expected, new, ttl))
+    }
+
+    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+        dispatch!(self, b => b.compare_and_delete(key, expected))
     }
 }

@@ -4,20 +4,27 @@
 //!
 //! `ConnectionManager` reconnects on its own, but while it does, a command can
 //! wait for seconds; the deadline turns that into a quick, typed `Timeout` so
-//! no request hangs on a dead Redis. Multi-step primitives are Lua scripts,
-//! run by SHA and loaded on `NOSCRIPT`, so each is one atomic round trip.
+//! no request hangs on a dead Redis, and the circuit breakers (see
+//! [`super::breaker`]) stop even that wait once Redis is known to be down.
+//! Multi-step primitives are Lua scripts, run by SHA and loaded on
+//! `NOSCRIPT`, so each is one atomic round trip.
+//!
+//! An unreachable Redis does not stop the start (unless required): commands
+//! fail at once with `unavailable` while a background task connects.
 
+use super::breaker::{BreakerGauges, Breakers, FIRST_BACKOFF};
 use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script,
-    ServerErrorKind, Value,
+    Client, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
 };
 use std::future::Future;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::timeout;
@@ -36,10 +43,64 @@ const INCR_BY_BOUNDED_SCRIPT: &str = include_str!("scripts/incr_by_bounded.lua")
 /// Returns {1} when swapped, {0} or {0, current} on a conflict.
 const COMPARE_AND_SWAP_SCRIPT: &str = include_str!("scripts/compare_and_swap.lua");
 
+/// ARGV: the value the key must hold. Deletes the key only when it holds
+/// exactly that; returns 1 when it did.
+const COMPARE_AND_DELETE_SCRIPT: &str = include_str!("scripts/compare_and_delete.lua");
+
+/// How often the background task looks for due probes (a few atomic loads).
+const SUPERVISOR_TICK: Duration = Duration::from_millis(50);
+
+/// The longest wait between two attempts to reach a cluster that was
+/// unreachable at start.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Files for `rediss://`: a private CA to trust instead of the system's
+/// roots, and a client certificate for mutual TLS. All PEM.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.client_cert_file.is_none() && self.client_key_file.is_none()
+    }
+
+    /// Reads the files; `None` when none is given (system roots, no client
+    /// certificate).
+    fn certificates(&self) -> Result<Option<TlsCertificates>, ConnectError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| ConnectError::Tls(format!("cannot read {}: {e}", path.display())))
+        };
+        let client_tls = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConnectError::Tls(
+                    "a client certificate needs its key, and a key its certificate".into(),
+                ));
+            }
+        };
+        Ok(Some(TlsCertificates {
+            client_tls,
+            root_cert: self.ca_file.as_ref().map(read).transpose()?,
+        }))
+    }
+}
+
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user[:password]@]host[:port][/db]` or `rediss://…` for TLS.
+    /// `redis://[user[:password]@]host[:port][/db]`, `rediss://…` for TLS,
+    /// or `redis+unix:///path?pass=…` / `unix:///path?pass=…`.
     pub url: String,
     /// Overrides the database number in the URL (`REDIS_DB`).
     pub db: Option<i64>,
@@ -51,6 +112,11 @@ pub struct RedisConfig {
     pub reconnect_retries: usize,
     /// The longest wait between two reconnection attempts.
     pub max_reconnect_delay: Duration,
+    /// Certificates for `rediss://`.
+    pub tls: TlsFiles,
+    /// Refuse to start when Redis cannot be reached (otherwise the harness
+    /// serves from the origin and connects in the background).
+    pub required: bool,
 }
 
 impl RedisConfig {
@@ -62,6 +128,8 @@ impl RedisConfig {
             command_timeout: Duration::from_millis(500),
             reconnect_retries: 3,
             max_reconnect_delay: Duration::from_secs(2),
+            tls: TlsFiles::default(),
+            required: false,
         }
     }
 }
@@ -77,6 +145,10 @@ pub struct RedisClusterConfig {
     pub command_timeout: Duration,
     /// How many times a command is retried on redirections and failovers.
     pub retries: u32,
+    /// Certificates for `rediss://` nodes.
+    pub tls: TlsFiles,
+    /// Refuse to start when no node can be reached.
+    pub required: bool,
 }
 
 impl RedisClusterConfig {
@@ -86,6 +158,8 @@ impl RedisClusterConfig {
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_millis(500),
             retries: 3,
+            tls: TlsFiles::default(),
+            required: false,
         }
     }
 }
@@ -95,18 +169,106 @@ impl RedisClusterConfig {
 pub enum ConnectError {
     #[error("invalid Redis URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("invalid Redis TLS setting: {0}")]
+    Tls(String),
+    #[error("Redis at {url} refused the credentials: {reason}")]
+    Credentials { url: String, reason: String },
     #[error("cannot reach Redis at {url}: {reason}")]
     Unreachable { url: String, reason: String },
 }
 
-/// Replaces the password in a Redis URL, so URLs can be logged.
+/// Query parameters that may carry a secret (`pass` is redis-rs' name for
+/// a Unix socket's password).
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token"].iter().any(|word| name.contains(word))
+}
+
+/// The secrets written in a Redis URL: the password of its user info and
+/// the values of password-like query parameters, as written and decoded,
+/// so they can be scrubbed from any text (redis-rs' own errors included).
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    if let Ok(parsed) = url::Url::parse(url) {
+        if let Some(password) = parsed.password() {
+            secrets.push(password.to_owned());
+            if let Ok(decoded) = percent_decode(password) {
+                secrets.push(decoded);
+            }
+        }
+        for (name, value) in parsed.query_pairs() {
+            if is_secret_parameter(&name) {
+                secrets.push(value.into_owned());
+            }
+        }
+        if let Some(query) = parsed.query() {
+            for pair in query.split('&') {
+                if let Some((name, raw)) = pair.split_once('=')
+                    && is_secret_parameter(name)
+                {
+                    secrets.push(raw.to_owned());
+                }
+            }
+        }
+    }
+    secrets.retain(|secret| !secret.is_empty());
+    // Longest first: a secret containing another is replaced whole.
+    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    secrets.dedup();
+    secrets
+}
+
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|byte| char::from(*byte).to_digit(16));
+        match (bytes[index], hex(index + 1), hex(index + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                index += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded)
+}
+
+/// Replaces every secret in `text` with `***`.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
+}
+
+/// A Redis URL fit for logs: its password and password-like query values
+/// replaced, whatever the scheme (`redis`, `rediss`, `redis+unix`, `unix`).
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
             }
-            parsed.to_string()
+            if parsed.query_pairs().any(|(name, _)| is_secret_parameter(&name)) {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(name, value)| {
+                        let value = if is_secret_parameter(&name) {
+                            "***".to_owned()
+                        } else {
+                            value.into_owned()
+                        };
+                        (name.into_owned(), value)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            // Whatever the parser left alone (an odd encoding) goes too.
+            scrub(parsed.as_ref(), &url_secrets(url))
         }
         // An unparseable URL may still hold a secret: show only its scheme.
         Err(_) => match url.split_once("://") {
@@ -154,27 +316,73 @@ impl ConnectionLike for Connection {
 
 #[derive(Clone)]
 pub struct RedisBackend {
-    connection: Connection,
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a backend and its background task share.
+struct Shared {
+    /// Set once connected: at once for a single server (its manager
+    /// connects lazily and reconnects by itself), when a node answers for a
+    /// cluster.
+    connection: OnceLock<Connection>,
+    /// Which kind of connection this is, before there is one.
+    cluster: bool,
     command_timeout: Duration,
-    scripts: Arc<Scripts>,
+    scripts: Scripts,
+    breakers: Breakers,
+    /// For a cluster, a key in the first slot of each breaker's range.
+    probe_keys: Vec<String>,
+    /// The URL(s), redacted, for logs and `/readyz`.
+    target: String,
+    secrets: Vec<String>,
 }
 
 struct Scripts {
     incr_by: Script,
     incr_by_bounded: Script,
     compare_and_swap: Script,
+    compare_and_delete: Script,
+}
+
+/// Whether an error means Redis (or the node) could not be reached or did
+/// not answer in time, rather than an answer it gave: only these count
+/// towards opening a breaker.
+fn is_outage(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || error.is_timeout()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading | ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown
+                )
+        )
+}
+
+/// Whether a failed first contact is a setting to fix (credentials,
+/// permissions, client configuration) rather than an unreachable server.
+fn is_configuration_error(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) || error.code().is_some_and(|code| ["WRONGPASS", "NOAUTH", "NOPERM"].contains(&code))
 }
 
 impl RedisBackend {
-    /// Connects and checks the connection with a `PING`.
+    /// Connects to one server. A bad URL or TLS setting, or refused
+    /// credentials, fail at once; an unreachable server fails only when
+    /// `config.required`, and is otherwise reached in the background.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
         // `rediss://` needs a process-wide TLS crypto provider; installing it
         // twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let redacted = redact_url(&config.url);
+        let target = redact_url(&config.url);
+        let secrets = url_secrets(&config.url);
         let invalid = |reason: String| ConnectError::InvalidUrl {
-            url: redacted.clone(),
-            reason,
+            url: target.clone(),
+            reason: scrub(&reason, &secrets),
         };
         let mut info = config
             .url
@@ -188,109 +396,226 @@ impl RedisBackend {
             let settings = info.redis_settings().clone().set_db(db);
             info = info.set_redis_settings(settings);
         }
-        let client = Client::open(info).map_err(|e| invalid(e.to_string()))?;
+        let client = match config.tls.certificates()? {
+            Some(certificates) => Client::build_with_tls(info, certificates),
+            None => Client::open(info),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
             .set_number_of_retries(config.reconnect_retries)
             .set_max_delay(config.max_reconnect_delay);
-        let unreachable = |reason: String| ConnectError::Unreachable {
-            url: redacted.clone(),
-            reason,
-        };
-        // The manager retries the first connection too; bound the whole start.
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| invalid(e.to_string()))?;
+        let backend = Self::new(
+            Some(Connection::Single(manager)),
+            Breakers::single(&target),
+            config.command_timeout,
+            target,
+            secrets,
+        );
         let startup_deadline = config.connect_timeout * 2;
-        let connection = timeout(
-            startup_deadline,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| unreachable(format!("no connection within {startup_deadline:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
-        Self::ready(Connection::Single(connection), config.command_timeout, unreachable).await
+        let first = timeout(startup_deadline, backend.shared.ping()).await;
+        backend.started(first, startup_deadline, config.required, None)
     }
 
-    /// Connects to a Redis Cluster through its seed nodes and checks it.
+    /// Connects to a Redis Cluster through its seed nodes, with the same
+    /// rules as [`Self::connect`].
     pub async fn connect_cluster(config: &RedisClusterConfig) -> Result<Self, ConnectError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let redacted = config
+        let target = config
             .urls
             .iter()
             .map(|url| redact_url(url))
             .collect::<Vec<_>>()
             .join(",");
+        let secrets: Vec<String> = config.urls.iter().flat_map(|url| url_secrets(url)).collect();
+        let invalid = |reason: String| ConnectError::InvalidUrl {
+            url: target.clone(),
+            reason: scrub(&reason, &secrets),
+        };
         if config.urls.is_empty() {
-            return Err(ConnectError::InvalidUrl {
-                url: redacted,
-                reason: "no cluster node given".into(),
-            });
+            return Err(invalid("no cluster node given".into()));
         }
-        let client = ClusterClient::builder(config.urls.iter().map(String::as_str))
+        let mut builder = ClusterClient::builder(config.urls.iter().map(String::as_str))
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.command_timeout)
-            .retries(config.retries)
-            .build()
-            .map_err(|e| ConnectError::InvalidUrl {
-                url: redacted.clone(),
-                reason: e.to_string(),
-            })?;
-        let unreachable = |reason: String| ConnectError::Unreachable {
-            url: redacted.clone(),
-            reason,
-        };
+            .retries(config.retries);
+        if let Some(certificates) = config.tls.certificates()? {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build().map_err(|e| invalid(e.to_string()))?;
+        let backend = Self::new(None, Breakers::cluster(), config.command_timeout, target, secrets);
         let startup_deadline = config.connect_timeout * 2;
-        let connection = timeout(startup_deadline, client.get_async_connection())
-            .await
-            .map_err(|_| unreachable(format!("no connection within {startup_deadline:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        Self::ready(Connection::Cluster(connection), config.command_timeout, unreachable).await
+        let first = timeout(startup_deadline, backend.shared.connect_cluster(&client)).await;
+        backend.started(first, startup_deadline, config.required, Some(client))
     }
 
-    /// Wraps a fresh connection and checks it with a `PING`.
-    async fn ready(
-        connection: Connection,
+    fn new(
+        connection: Option<Connection>,
+        breakers: Breakers,
         command_timeout: Duration,
-        unreachable: impl Fn(String) -> ConnectError,
-    ) -> Result<Self, ConnectError> {
-        let backend = Self {
-            connection,
+        target: String,
+        secrets: Vec<String>,
+    ) -> Self {
+        let cluster = breakers.len() > 1;
+        let probe_keys = if cluster { breakers.probe_keys() } else { Vec::new() };
+        let shared = Shared {
+            connection: connection.map(OnceLock::from).unwrap_or_default(),
+            cluster,
             command_timeout,
-            scripts: Arc::new(Scripts {
+            scripts: Scripts {
                 incr_by: Script::new(INCR_BY_SCRIPT),
                 incr_by_bounded: Script::new(INCR_BY_BOUNDED_SCRIPT),
                 compare_and_swap: Script::new(COMPARE_AND_SWAP_SCRIPT),
-            }),
+                compare_and_delete: Script::new(COMPARE_AND_DELETE_SCRIPT),
+            },
+            breakers,
+            probe_keys,
+            target,
+            secrets,
         };
-        let pong: String = backend
-            .bounded(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        debug_assert_eq!(pong, "PONG");
-        Ok(backend)
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Judges the first contact, then leaves the probes (and, for a cluster
+    /// not reached yet, the connection) to a background task.
+    fn started(
+        self,
+        first: Result<Result<(), RedisError>, tokio::time::error::Elapsed>,
+        startup_deadline: Duration,
+        required: bool,
+        cluster_client: Option<ClusterClient>,
+    ) -> Result<Self, ConnectError> {
+        let shared = &self.shared;
+        let error = match first {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) if is_configuration_error(&error) => {
+                return Err(ConnectError::Credentials {
+                    url: shared.target.clone(),
+                    reason: shared.scrub(&error.to_string()),
+                });
+            }
+            Ok(Err(error)) => Some(shared.scrub(&error.to_string())),
+            Err(_) => Some(format!("no answer within {startup_deadline:?}")),
+        };
+        if let Some(reason) = error {
+            if required {
+                return Err(ConnectError::Unreachable {
+                    url: shared.target.clone(),
+                    reason,
+                });
+            }
+            tracing::warn!(
+                target: "edge_cache::breaker",
+                redis = %shared.target,
+                error = %reason,
+                "Redis is unreachable: serving from the origin and connecting in the background"
+            );
+            if shared.connection.get().is_some() {
+                for index in 0..shared.breakers.len() {
+                    shared.breakers.trip(index, &reason);
+                }
+            } else {
+                shared.breakers.note_error(&reason);
+            }
+        }
+        tokio::spawn(supervise(Arc::downgrade(&self.shared), cluster_client));
+        Ok(self)
+    }
+
+    /// The gauges of this backend's breakers, for `/metrics`.
+    pub fn breaker_gauges(&self) -> &BreakerGauges {
+        self.shared.breakers.gauges()
+    }
+
+    /// Whether Redis can serve: `Ok` with a note, or `Err` with the reason.
+    /// A cluster with some slot ranges unreachable still serves the others,
+    /// so it is ready, and says so.
+    pub fn readiness(&self) -> Result<String, String> {
+        let shared = &self.shared;
+        let target = &shared.target;
+        if shared.connection.get().is_none() {
+            return Err(format!(
+                "not connected to Redis at {target} yet: {}",
+                shared.breakers.last_error()
+            ));
+        }
+        let open = shared.breakers.open_count();
+        let all = shared.breakers.len();
+        match open {
+            0 => Ok(format!("Redis at {target} answers")),
+            _ if open == all => Err(format!(
+                "Redis at {target} is unreachable (circuit open): {}",
+                shared.breakers.last_error()
+            )),
+            _ => Ok(format!(
+                "Redis at {target} answers, except for {open} of {all} slot ranges (circuit open): {}",
+                shared.breakers.last_error()
+            )),
+        }
     }
 
     /// Runs one request on a clone of the shared connection, within the
-    /// command deadline.
-    async fn bounded<T, F, Fut>(&self, request: F) -> Result<T, CacheError>
+    /// command deadline, through the breaker of `key`.
+    async fn bounded<T, F, Fut>(&self, key: &str, request: F) -> Result<T, CacheError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        match timeout(self.command_timeout, request(self.connection.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) if error.is_timeout() => Err(CacheError::Timeout(self.command_timeout)),
-            Ok(Err(error)) => Err(classify(&error)),
-            Err(_) => Err(CacheError::Timeout(self.command_timeout)),
+        let shared = &*self.shared;
+        let Some(connection) = shared.connection.get() else {
+            return Err(CacheError::Unavailable(format!(
+                "not connected to the Redis Cluster at {} yet",
+                shared.target
+            )));
+        };
+        let breaker = shared.breakers.index_of(key);
+        shared.breakers.admit(breaker)?;
+        match timeout(shared.command_timeout, request(connection.clone())).await {
+            Ok(Ok(value)) => {
+                shared.breakers.succeeded(breaker);
+                Ok(value)
+            }
+            Ok(Err(error)) if is_outage(&error) => {
+                let message = shared.scrub(&error.to_string());
+                shared.breakers.failed(breaker, &message);
+                Err(if error.is_timeout() {
+                    CacheError::Timeout(shared.command_timeout)
+                } else {
+                    CacheError::Unavailable(message)
+                })
+            }
+            Ok(Err(error)) => {
+                shared.breakers.succeeded(breaker);
+                Err(match classify(&error) {
+                    CacheError::Unavailable(why) => CacheError::Unavailable(shared.scrub(&why)),
+                    CacheError::Other(why) => CacheError::Other(shared.scrub(&why)),
+                    other => other,
+                })
+            }
+            Err(_) => {
+                shared.breakers.failed(breaker, "no answer within the command timeout");
+                Err(CacheError::Timeout(shared.command_timeout))
+            }
         }
     }
 
-    async fn query<T: FromRedisValue + Send>(&self, command: redis::Cmd) -> Result<T, CacheError> {
-        self.bounded(|mut c| async move { command.query_async(&mut c).await })
+    async fn query<T: FromRedisValue + Send>(&self, key: &str, command: redis::Cmd) -> Result<T, CacheError> {
+        self.bounded(key, |mut c| async move { command.query_async(&mut c).await })
+            .await
+    }
+
+    async fn invoke<T: FromRedisValue + Send>(&self, key: &str, invocation: ScriptInvocation<'_>) -> Result<T, CacheError> {
+        self.bounded(key, |mut c| async move { invocation.invoke_async(&mut c).await })
             .await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        self.query(redis::Cmd::get(key)).await
+        self.query(key, redis::Cmd::get(key)).await
     }
 
     /// One `MGET`, one round trip, on a single server. On a cluster, keys
@@ -299,10 +624,10 @@ impl RedisBackend {
     /// routed by the cluster client, so the call still costs about one round
     /// trip.
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        match (&self.connection, keys) {
-            (_, []) => Ok(Vec::new()),
-            (Connection::Single(_), keys) => self.query(redis::cmd("MGET").arg(keys).to_owned()).await,
-            (Connection::Cluster(_), keys) => try_join_all(keys.iter().map(|key| self.get(key))).await,
+        match keys {
+            [] => Ok(Vec::new()),
+            _ if self.shared.cluster => try_join_all(keys.iter().map(|key| self.get(key))).await,
+            [first, ..] => self.query(first, redis::cmd("MGET").arg(keys).to_owned()).await,
         }
     }
 
@@ -321,33 +646,34 @@ impl RedisBackend {
         if only_if_absent {
             command.arg("NX");
         }
-        let reply: Value = self.query(command).await?;
+        let reply: Value = self.query(key, command).await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
     /// One `DEL`; on a cluster, one per key, all in flight at once (see
     /// [`Self::get_many`]).
     pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
-        match (&self.connection, keys) {
-            (_, []) => Ok(0),
-            (Connection::Single(_), keys) => self.query(redis::Cmd::del(keys)).await,
-            (Connection::Cluster(_), keys) => {
-                let deleted = try_join_all(keys.iter().map(|key| self.query::<u32>(redis::Cmd::del(key)))).await?;
+        match keys {
+            [] => Ok(0),
+            _ if self.shared.cluster => {
+                let deleted =
+                    try_join_all(keys.iter().map(|key| self.query::<u32>(key, redis::Cmd::del(key)))).await?;
                 Ok(deleted.into_iter().sum())
             }
+            [first, ..] => self.query(first, redis::Cmd::del(keys)).await,
         }
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
-        self.query(redis::Cmd::exists(key)).await
+        self.query(key, redis::Cmd::exists(key)).await
     }
 
     pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
-        self.query(redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned()).await
+        self.query(key, redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned()).await
     }
 
     pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
-        let millis: i64 = self.query(redis::Cmd::pttl(key)).await?;
+        let millis: i64 = self.query(key, redis::Cmd::pttl(key)).await?;
         Ok(match millis {
             -2 => Ttl::Missing,
             -1 => Ttl::Persistent,
@@ -356,10 +682,9 @@ impl RedisBackend {
     }
 
     pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-        let mut invocation = self.scripts.incr_by.key(key);
+        let mut invocation = self.shared.scripts.incr_by.key(key);
         invocation.arg(delta).arg(ttl_if_new);
-        self.bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
-            .await
+        self.invoke(key, invocation).await
     }
 
     pub async fn incr_by_bounded(
@@ -369,11 +694,9 @@ impl RedisBackend {
         ttl_if_new: u64,
         max: i64,
     ) -> Result<BoundedIncr, CacheError> {
-        let mut invocation = self.scripts.incr_by_bounded.key(key);
+        let mut invocation = self.shared.scripts.incr_by_bounded.key(key);
         invocation.arg(delta).arg(ttl_if_new).arg(max);
-        let (applied, value): (i64, i64) = self
-            .bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
-            .await?;
+        let (applied, value): (i64, i64) = self.invoke(key, invocation).await?;
         Ok(BoundedIncr {
             applied: applied == 1,
             value,
@@ -387,15 +710,13 @@ impl RedisBackend {
         new: &[u8],
         ttl: Option<u64>,
     ) -> Result<CasOutcome, CacheError> {
-        let mut invocation = self.scripts.compare_and_swap.key(key);
+        let mut invocation = self.shared.scripts.compare_and_swap.key(key);
         invocation
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
             .arg(new)
             .arg(ttl.unwrap_or(0));
-        let reply: Vec<Value> = self
-            .bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
-            .await?;
+        let reply: Vec<Value> = self.invoke(key, invocation).await?;
         match reply.as_slice() {
             [Value::Int(1)] => Ok(CasOutcome::Swapped),
             [Value::Int(0)] => Ok(CasOutcome::Conflict(None)),
@@ -403,6 +724,98 @@ impl RedisBackend {
             other => Err(CacheError::Other(format!(
                 "unexpected compare-and-swap reply {other:?}"
             ))),
+        }
+    }
+
+    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+        let mut invocation = self.shared.scripts.compare_and_delete.key(key);
+        invocation.arg(expected);
+        let deleted: i64 = self.invoke(key, invocation).await?;
+        Ok(deleted == 1)
+    }
+}
+
+impl Shared {
+    fn scrub(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_owned();
+        }
+        scrub(text, &self.secrets)
+    }
+
+    async fn ping(&self) -> Result<(), RedisError> {
+        let mut connection = self.connection.get().expect("a single server's connection exists").clone();
+        redis::cmd("PING").query_async::<Value>(&mut connection).await.map(drop)
+    }
+
+    /// Connects to a cluster and checks it with a `PING`.
+    async fn connect_cluster(&self, client: &ClusterClient) -> Result<(), RedisError> {
+        let mut connection = client.get_async_connection().await?;
+        redis::cmd("PING").query_async::<Value>(&mut connection).await?;
+        let _ = self.connection.set(Connection::Cluster(connection));
+        Ok(())
+    }
+
+    /// Asks the server (or the node serving a breaker's slot range) for
+    /// anything: any answer, an error reply included, means it is back.
+    async fn probe(&self, breaker: usize) {
+        let connection = self.connection.get().cloned();
+        let probe = async move {
+            let mut connection = connection.ok_or_else(|| "not connected".to_owned())?;
+            let command = match self.probe_keys.get(breaker) {
+                Some(key) => redis::Cmd::exists(key),
+                None => redis::cmd("PING"),
+            };
+            match command.query_async::<Value>(&mut connection).await {
+                Err(error) if is_outage(&error) => Err(self.scrub(&error.to_string())),
+                _ => Ok(()),
+            }
+        };
+        let outcome = timeout(self.command_timeout, probe)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.command_timeout)));
+        self.breakers.probed(breaker, outcome);
+    }
+}
+
+/// The background task of a backend: reaches a cluster that was not
+/// reachable at start, and probes open breakers. It ends with the backend.
+async fn supervise(shared: Weak<Shared>, cluster_client: Option<ClusterClient>) {
+    let mut tick = tokio::time::interval(SUPERVISOR_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connect_backoff = FIRST_BACKOFF;
+    let mut next_connect = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        if shared.connection.get().is_none() {
+            let Some(client) = &cluster_client else { return };
+            if tokio::time::Instant::now() < next_connect {
+                continue;
+            }
+            match timeout(shared.command_timeout.max(Duration::from_secs(1)), shared.connect_cluster(client)).await {
+                Ok(Ok(())) => tracing::info!(
+                    target: "edge_cache::breaker",
+                    redis = %shared.target,
+                    "connected to the Redis Cluster"
+                ),
+                outcome => {
+                    let error = match outcome {
+                        Ok(Err(error)) => shared.scrub(&error.to_string()),
+                        _ => "no answer in time".to_owned(),
+                    };
+                    shared.breakers.note_error(&error);
+                    connect_backoff = (connect_backoff * 2).min(MAX_CONNECT_BACKOFF);
+                    next_connect = tokio::time::Instant::now() + connect_backoff;
+                }
+            }
+            continue;
+        }
+        let due: Vec<usize> = (0..shared.breakers.len())
+            .filter(|&index| shared.breakers.take_probe(index))
+            .collect();
+        if !due.is_empty() {
+            join_all(due.into_iter().map(|index| shared.probe(index))).await;
         }
     }
 }
@@ -447,5 +860,25 @@ mod tests {
         assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
         let unparseable = redact_url("redis://user:hunter2@[bad");
         assert!(!unparseable.contains("hunter2"), "{unparseable}");
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_every_url_form() {
+        for (url, shown) in [
+            (
+                "redis+unix:///run/redis.sock?db=2&pass=hunter2",
+                "redis+unix:///run/redis.sock?db=2&pass=***",
+            ),
+            ("unix:///run/redis.sock?user=edge&pass=hunter2", "unix:///run/redis.sock?user=edge&pass=***"),
+            ("rediss://edge:hun%74er2@cache:6380", "rediss://edge:***@cache:6380"),
+            ("redis://cache?password=hunter2", "redis://cache?password=***"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let secrets = url_secrets("rediss://edge:hun%74er2@cache:6380?token=t0ken");
+        assert_eq!(
+            scrub("auth hunter2 hun%74er2 t0ken failed", &secrets),
+            "auth *** *** *** failed"
+        );
     }
 }
