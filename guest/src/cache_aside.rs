@@ -14,7 +14,12 @@
 //! - Writes go to the origin, then replace the cached copy.
 //! - The cache is never the source of truth: a cache failure means asking
 //!   the origin (`Source::Bypass`); a cached value that does not decode is a
-//!   miss, overwritten by the fill.
+//!   miss, overwritten by the fill, and a value the cache cannot even read
+//!   as bytes (`wrong-type`: a Redis list written by someone else) is
+//!   deleted, then filled like a miss.
+//! - A lock holds a random token, and only a request holding that token
+//!   releases it (`compare-and-delete`): one that outlived the lock's TTL
+//!   cannot release its successor's lock.
 
 use crate::host::{Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
 use serde::{Deserialize, Serialize};
@@ -173,6 +178,8 @@ enum Cached {
     Due(Entry, Vec<u8>),
     /// Nothing usable: absent, or bytes that do not decode (given).
     Missing(Option<Vec<u8>>),
+    /// A value the cache cannot read as bytes.
+    WrongType,
     Unusable,
 }
 
@@ -192,6 +199,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
             Cached::Fresh(entry) => Ok(answer(entry, Source::Cache)),
             Cached::Due(entry, stored) => self.refresh(id, entry, &stored),
             Cached::Missing(stored) => self.fill(id, stored.as_deref()),
+            Cached::WrongType => self.replace_unreadable(id),
             Cached::Unusable => self.bypass(id),
         }
     }
@@ -225,6 +233,10 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
         let bytes = match self.cache.get(&cache_key(id)) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Cached::Missing(None),
+            Err(CacheError::WrongType) => {
+                log(&format!("a value of another type is cached for {id}; replacing it"));
+                return Cached::WrongType;
+            }
             Err(error) => {
                 log(&format!("cache read of {id} failed, asking the origin: {error}"));
                 return Cached::Unusable;
@@ -266,16 +278,16 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     fn refresh(&self, id: &str, entry: Entry, stored: &[u8]) -> Result<Option<Lookup>, ProfileError> {
         let expired = self.clock.now_ms() >= entry.fresh_until;
         let source_while_refreshing = if expired { Source::Stale } else { Source::Cache };
-        match self.try_lock(id) {
-            Ok(true) => {}
-            Ok(false) => return Ok(answer(entry, source_while_refreshing)),
+        let token = match self.try_lock(id) {
+            Ok(Some(token)) => token,
+            Ok(None) => return Ok(answer(entry, source_while_refreshing)),
             Err(error) => {
                 log(&format!("cannot take the refresh lock of {id}: {error}"));
                 return Ok(answer(entry, source_while_refreshing));
             }
-        }
+        };
         let refreshed = self.load(id, Some(stored));
-        self.unlock(id);
+        self.unlock(id, &token);
         match refreshed {
             Ok(fresh) => Ok(answer(fresh, Source::Origin)),
             // Stale-if-error: the copy we have beats an error.
@@ -289,12 +301,12 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
     /// On a miss: fill under the lock, or wait for whoever holds it.
     fn fill(&self, id: &str, stored: Option<&[u8]>) -> Result<Option<Lookup>, ProfileError> {
         match self.try_lock(id) {
-            Ok(true) => {
+            Ok(Some(token)) => {
                 let loaded = self.load(id, stored);
-                self.unlock(id);
+                self.unlock(id, &token);
                 Ok(answer(loaded?, Source::Origin))
             }
-            Ok(false) => {
+            Ok(None) => {
                 let deadline = self.clock.now_ms() + self.settings.fill_wait_ms;
                 while self.clock.now_ms() < deadline {
                     self.clock.sleep_ms(POLL_INTERVAL_MS);
@@ -302,7 +314,7 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
                         Cached::Fresh(entry) | Cached::Due(entry, _) => {
                             return Ok(answer(entry, Source::Cache));
                         }
-                        Cached::Missing(_) => {}
+                        Cached::Missing(_) | Cached::WrongType => {}
                         Cached::Unusable => return self.bypass(id),
                     }
                 }
@@ -314,6 +326,19 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
             }
             Err(error) => {
                 log(&format!("cannot take the fill lock of {id}: {error}"));
+                self.bypass(id)
+            }
+        }
+    }
+
+    /// Deletes a value the cache cannot read, then fills the entry as on a
+    /// miss: without this, every lookup would bypass the cache until an
+    /// update replaced the value.
+    fn replace_unreadable(&self, id: &str) -> Result<Option<Lookup>, ProfileError> {
+        match self.cache.delete(&[cache_key(id)]) {
+            Ok(_) => self.fill(id, None),
+            Err(error) => {
+                log(&format!("cannot delete the unreadable value of {id}: {error}"));
                 self.bypass(id)
             }
         }
@@ -389,13 +414,20 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
         self.clock.now_ms() + ttl_seconds * 1000
     }
 
-    fn try_lock(&self, id: &str) -> Result<bool, CacheError> {
-        self.cache.set(&lock_key(id), b"1", Some(LOCK_TTL_SECONDS), true)
+    /// Takes the lock of `id`; its token when taken, `None` when another
+    /// request holds it.
+    fn try_lock(&self, id: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        // 53 random bits and the time: unique among the lock's contenders.
+        let bits = (self.clock.random() * (1u64 << 53) as f64) as u64;
+        let token = format!("{bits:x}.{:x}", self.clock.now_ms()).into_bytes();
+        let taken = self.cache.set(&lock_key(id), &token, Some(LOCK_TTL_SECONDS), true)?;
+        Ok(taken.then_some(token))
     }
 
-    fn unlock(&self, id: &str) {
-        // A failed release only delays the next refresh by the lock's TTL.
-        let _ = self.cache.delete(&[lock_key(id)]);
+    fn unlock(&self, id: &str, token: &[u8]) {
+        // A failed release only delays the next refresh by the lock's TTL;
+        // a lock that holds another token is its successor's, and stays.
+        let _ = self.cache.compare_and_delete(&lock_key(id), token);
     }
 }
 
@@ -557,7 +589,39 @@ mod tests {
         // 30 s before expiry, the least likely draw refreshes.
         cache.clock.advance(30_000);
         assert_eq!(source(profiles.get("alice")), Source::Origin);
-        assert_eq!(cache.clock.draws.get(), 1);
+        assert_eq!(cache.clock.draws.get(), 2, "XFetch's draw, and the refresh lock's token");
+    }
+
+    #[test]
+    fn a_lock_is_released_only_by_its_holder() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        // The holder's lock expired during a slow origin read and another
+        // request took it: the first holder's release leaves it alone.
+        *cache.interleave.borrow_mut() = Some(Box::new(|cache: &MemoryCache| {
+            if origin_is_being_read(cache) {
+                cache.insert_raw("profile:v1:alice:lock", b"successor");
+            }
+        }));
+        assert_eq!(source(profiles.get("alice")), Source::Origin);
+        *cache.interleave.borrow_mut() = None;
+        assert_eq!(cache.raw("profile:v1:alice:lock").as_deref(), Some(&b"successor"[..]));
+    }
+
+    /// Whether the fill lock is taken and the entry not yet written: the
+    /// window of the origin read.
+    fn origin_is_being_read(cache: &MemoryCache) -> bool {
+        cache.raw("profile:v1:alice:lock").is_some() && cache.raw("profile:v1:alice").is_none()
+    }
+
+    #[test]
+    fn a_value_of_another_type_is_replaced_by_the_next_fill() {
+        let (cache, origin) = alice();
+        let profiles = profiles(&cache, &origin);
+        cache.insert_wrong_type("profile:v1:alice");
+        assert_eq!(source(profiles.get("alice")), Source::Origin);
+        assert_eq!(source(profiles.get("alice")), Source::Cache);
+        assert_eq!(origin.reads.get(), 1);
     }
 
     #[test]

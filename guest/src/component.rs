@@ -17,8 +17,8 @@ use crate::cache_aside::{ProfileError, Profiles, Settings, Source};
 use crate::config::Config;
 use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
 use crate::http;
-use crate::rate_limit::{self, Algorithm, Decision, FailMode, Policy, RateLimitError};
-use bindings::edge::cache::{cache as wit_cache, origin as wit_origin};
+use crate::rate_limit::{self, Algorithm, Decision, DegradedReason, FailMode, Policy, RateLimitError};
+use bindings::edge::cache::{cache as wit_cache, origin as wit_origin, telemetry as wit_telemetry};
 use bindings::exports::edge::cache::{profiles as wit_profiles, rate_limit as wit_rate_limit};
 use bindings::exports::wasi::http::incoming_handler;
 use bindings::wasi::http::types::{
@@ -93,6 +93,21 @@ impl Cache for HostCache {
             wit_cache::CasOutcome::Conflict(current) => CasOutcome::Conflict(current),
         })
     }
+
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+        Ok(wit_cache::compare_and_delete(key, expected)?)
+    }
+}
+
+/// Tells the host about a rate limit decision, where it is made.
+fn report(decision: &Decision) {
+    let degraded = decision.degraded.as_ref().map(|why| match why.reason {
+        DegradedReason::CacheUnavailable => wit_telemetry::DegradedReason::CacheUnavailable,
+        DegradedReason::CacheTimeout => wit_telemetry::DegradedReason::CacheTimeout,
+        DegradedReason::CacheError => wit_telemetry::DegradedReason::CacheError,
+        DegradedReason::Contended => wit_telemetry::DegradedReason::Contended,
+    });
+    wit_telemetry::rate_limit_decided(decision.allowed, degraded);
 }
 
 fn borrowed(keys: &[String]) -> Vec<&str> {
@@ -217,7 +232,7 @@ impl From<Decision> for wit_rate_limit::Decision {
             remaining: decision.remaining,
             reset_after_ms: decision.reset_after_ms,
             retry_after_ms: decision.retry_after_ms,
-            degraded: decision.degraded,
+            degraded: decision.degraded.map(|why| why.detail),
         }
     }
 }
@@ -247,7 +262,9 @@ impl wit_rate_limit::Guest for EdgeFunction {
         policy: wit_rate_limit::Policy,
         cost: u32,
     ) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
-        Ok(rate_limit::check(&HostCache, &key, &policy.into(), cost, HostClock.now_ms())?.into())
+        let decision = rate_limit::check(&HostCache, &key, &policy.into(), cost, HostClock.now_ms())?;
+        report(&decision);
+        Ok(decision.into())
     }
 
     fn peek(key: String, policy: wit_rate_limit::Policy) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
@@ -262,7 +279,13 @@ impl wit_rate_limit::Guest for EdgeFunction {
 impl incoming_handler::Guest for EdgeFunction {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let response = match config() {
-            Ok(config) => http::handle(&read_request(request), &HostCache, &HostOrigin, &HostClock, config),
+            Ok(config) => {
+                let response = http::handle(&read_request(request), &HostCache, &HostOrigin, &HostClock, config);
+                if let Some(decision) = &response.decision {
+                    report(decision);
+                }
+                response
+            }
             Err(why) => http::Response::problem(500, "misconfigured", "Misconfigured edge function", why),
         };
         send_response(response, response_out);

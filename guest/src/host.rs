@@ -62,6 +62,8 @@ pub trait Cache {
         new: &[u8],
         ttl_seconds: Option<u64>,
     ) -> Result<CasOutcome, CacheError>;
+    /// Deletes `key` only while it holds `expected`; whether it did.
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError>;
 }
 
 /// A failed origin operation, mirroring `edge:cache/origin.error`.
@@ -149,6 +151,9 @@ pub mod memory {
         pub calls: Cell<u32>,
         /// Runs before each call, to simulate other instances writing.
         pub interleave: RefCell<Option<Interleave>>,
+        /// Keys holding a value of another type (a Redis list): every
+        /// call but `set` and `delete` answers `wrong-type` for them.
+        wrong_type: RefCell<std::collections::HashSet<String>>,
     }
 
     impl MemoryCache {
@@ -177,6 +182,19 @@ pub mod memory {
         pub fn ttl_of(&self, key: &str) -> Option<Option<u64>> {
             let (_, expires) = self.live(key)?;
             Some(expires.map(|at| (at - self.clock.now_ms()).div_ceil(1000)))
+        }
+
+        /// Stores a value the cache contract cannot read, as a Redis list.
+        pub fn insert_wrong_type(&self, key: &str) {
+            self.entries.borrow_mut().remove(key);
+            self.wrong_type.borrow_mut().insert(key.to_owned());
+        }
+
+        fn readable(&self, key: &str) -> Result<(), CacheError> {
+            match self.wrong_type.borrow().contains(key) {
+                true => Err(CacheError::WrongType),
+                false => Ok(()),
+            }
         }
 
         pub fn insert_raw(&self, key: &str, value: &[u8]) {
@@ -217,19 +235,22 @@ pub mod memory {
     impl Cache for MemoryCache {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
             self.begin()?;
+            self.readable(key)?;
             Ok(self.raw(key))
         }
 
         fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
             self.begin()?;
+            keys.iter().try_for_each(|key| self.readable(key))?;
             Ok(keys.iter().map(|key| self.raw(key)).collect())
         }
 
         fn set(&self, key: &str, value: &[u8], ttl: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError> {
             self.begin()?;
-            if only_if_absent && self.live(key).is_some() {
+            if only_if_absent && (self.live(key).is_some() || self.wrong_type.borrow().contains(key)) {
                 return Ok(false);
             }
+            self.wrong_type.borrow_mut().remove(key);
             self.entries
                 .borrow_mut()
                 .insert(key.to_owned(), (value.to_vec(), self.deadline(ttl)));
@@ -240,7 +261,7 @@ pub mod memory {
             self.begin()?;
             let mut removed = 0;
             for key in keys {
-                if self.live(key).is_some() {
+                if self.live(key).is_some() || self.wrong_type.borrow_mut().remove(key) {
                     removed += 1;
                 }
                 self.entries.borrow_mut().remove(key);
@@ -250,6 +271,7 @@ pub mod memory {
 
         fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {
             self.begin()?;
+            self.readable(key)?;
             let (current, expires) = self.counter(key)?;
             let next = current + delta;
             if next > max {
@@ -276,6 +298,7 @@ pub mod memory {
             ttl: Option<u64>,
         ) -> Result<CasOutcome, CacheError> {
             self.begin()?;
+            self.readable(key)?;
             let current = self.raw(key);
             if current.as_deref() != expected {
                 return Ok(CasOutcome::Conflict(current));
@@ -284,6 +307,16 @@ pub mod memory {
                 .borrow_mut()
                 .insert(key.to_owned(), (new.to_vec(), self.deadline(ttl)));
             Ok(CasOutcome::Swapped)
+        }
+
+        fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+            self.begin()?;
+            self.readable(key)?;
+            if self.raw(key).as_deref() != Some(expected) {
+                return Ok(false);
+            }
+            self.entries.borrow_mut().remove(key);
+            Ok(true)
         }
     }
 

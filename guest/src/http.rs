@@ -67,6 +67,9 @@ pub struct Response {
     /// Names in lower case; all are this crate's own, as are most values.
     pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Vec<u8>,
+    /// The rate limit decision the response was made under, for the host's
+    /// count (`edge:cache/telemetry`); none before the check.
+    pub decision: Option<Decision>,
 }
 
 impl Response {
@@ -75,6 +78,7 @@ impl Response {
             status,
             headers: with_content_type("application/json"),
             body: body.into_bytes(),
+            decision: None,
         }
     }
 
@@ -84,6 +88,7 @@ impl Response {
             status,
             headers: with_content_type(PROBLEM_CONTENT_TYPE),
             body: problem_body(status, kind, title, detail),
+            decision: None,
         }
     }
 
@@ -101,9 +106,15 @@ impl Response {
 }
 
 /// Room for every header a response of this function carries (the content
-/// type, `x-cache` or `retry-after`, five rate-limit headers, `allow`), so
-/// adding them never reallocates.
-const RESPONSE_HEADERS: usize = 8;
+/// type, `x-cache` or `retry-after`, five rate-limit headers,
+/// `x-ratelimit-degraded`, `allow`), so adding them never reallocates.
+const RESPONSE_HEADERS: usize = 9;
+
+/// Set when the rate limit decision was made without the cache:
+/// `fail-open; reason=cache-unavailable` (let through) or `fail-closed;
+/// reason=…` (refused), the reason one of `cache-unavailable`,
+/// `cache-timeout`, `cache-error`, `contended`.
+pub const DEGRADED_HEADER: &str = "x-ratelimit-degraded";
 
 fn with_content_type(content_type: &'static str) -> Vec<(&'static str, Cow<'static, str>)> {
     let mut headers = Vec::with_capacity(RESPONSE_HEADERS);
@@ -196,7 +207,7 @@ pub fn handle(
         }
     };
     if let Some(why) = &decision.degraded {
-        eprintln!("edge-cache guest: rate limit decided without the cache ({why})");
+        eprintln!("edge-cache guest: rate limit decided without the cache ({})", why.detail);
     }
     let response = if decision.allowed {
         route(request, cache, origin, clock, config)
@@ -211,7 +222,11 @@ pub fn handle(
         Response::problem(429, "quota-exceeded", "Too many requests", &detail)
             .with_header("retry-after", retry_after.to_string())
     };
-    with_rate_limit_headers(response, &decision, policy)
+    let response = with_rate_limit_headers(response, &decision, policy);
+    Response {
+        decision: Some(decision),
+        ..response
+    }
 }
 
 /// The IETF `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-
@@ -227,12 +242,19 @@ fn with_rate_limit_headers(response: Response, decision: &Decision, policy: &Pol
     let window = digits.format(policy.window_seconds);
     let ratelimit_policy = ["\"", name, "\";q=", &limit, ";w=", window].concat();
     let ratelimit = ["\"", name, "\";r=", &remaining, ";t=", &reset].concat();
-    response
+    let response = response
         .with_header("ratelimit-policy", ratelimit_policy)
         .with_header("ratelimit", ratelimit)
         .with_header("x-ratelimit-limit", limit)
         .with_header("x-ratelimit-remaining", remaining)
-        .with_header("x-ratelimit-reset", reset)
+        .with_header("x-ratelimit-reset", reset);
+    match &decision.degraded {
+        None => response,
+        Some(why) => {
+            let outcome = if decision.allowed { "fail-open" } else { "fail-closed" };
+            response.with_header(DEGRADED_HEADER, [outcome, "; reason=", why.reason.as_str()].concat())
+        }
+    }
 }
 
 fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, clock: &impl Clock, config: &Config) -> Response {
@@ -485,6 +507,11 @@ mod tests {
         *cache.failure.borrow_mut() = Some(CacheError::Unavailable("refused".into()));
         let response = serve(&cache, &origin, &request("GET", "/profiles/alice", &[], ""));
         assert_eq!((response.status, response.header("x-cache")), (200, Some("bypass")));
+        assert_eq!(
+            response.header(DEGRADED_HEADER),
+            Some("fail-open; reason=cache-unavailable")
+        );
+        assert!(response.decision.is_some_and(|decision| decision.allowed && decision.degraded.is_some()));
     }
 
     #[test]
@@ -500,6 +527,7 @@ mod tests {
             &config,
         );
         assert_eq!((response.status, response.header("retry-after")), (429, Some("1")));
+        assert_eq!(response.header(DEGRADED_HEADER), Some("fail-closed; reason=cache-timeout"));
     }
 
     #[test]

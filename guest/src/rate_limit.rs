@@ -120,7 +120,51 @@ pub struct Decision {
     pub reset_after_ms: u64,
     pub retry_after_ms: u64,
     /// Why the decision was made without the cache, when it was.
-    pub degraded: Option<String>,
+    pub degraded: Option<Degraded>,
+}
+
+/// Why a decision was made without the cache: a reason of a few kinds (for
+/// headers and the host's count) and the details (for logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    pub reason: DegradedReason,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DegradedReason {
+    CacheUnavailable,
+    CacheTimeout,
+    /// Any other cache error, such as a value that is not a counter.
+    CacheError,
+    /// Concurrent writers kept winning the compare-and-swap.
+    Contended,
+}
+
+impl DegradedReason {
+    /// The reason as a token, as in `edge:cache/telemetry`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CacheUnavailable => "cache-unavailable",
+            Self::CacheTimeout => "cache-timeout",
+            Self::CacheError => "cache-error",
+            Self::Contended => "contended",
+        }
+    }
+}
+
+impl From<&CacheError> for Degraded {
+    fn from(error: &CacheError) -> Self {
+        let reason = match error {
+            CacheError::Unavailable(_) => DegradedReason::CacheUnavailable,
+            CacheError::Timeout => DegradedReason::CacheTimeout,
+            _ => DegradedReason::CacheError,
+        };
+        Self {
+            reason,
+            detail: error.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +190,7 @@ pub fn check(
         Algorithm::SlidingWindow => sliding_window(cache, key, policy, cost, now_ms, true),
         Algorithm::Gcra { .. } => gcra(cache, key, policy, cost, now_ms, true),
     };
-    Ok(decided.unwrap_or_else(|error| degraded(policy, cost, error.to_string())))
+    Ok(decided.unwrap_or_else(|error| degraded(policy, cost, Degraded::from(&error))))
 }
 
 /// What [`check`] would decide for a cost of 1, without counting it.
@@ -157,7 +201,7 @@ pub fn peek(cache: &impl Cache, key: &str, policy: &Policy, now_ms: u64) -> Resu
         Algorithm::SlidingWindow => sliding_window(cache, key, policy, 1, now_ms, false),
         Algorithm::Gcra { .. } => gcra(cache, key, policy, 1, now_ms, false),
     };
-    Ok(decided.unwrap_or_else(|error| degraded(policy, 1, error.to_string())))
+    Ok(decided.unwrap_or_else(|error| degraded(policy, 1, Degraded::from(&error))))
 }
 
 /// Forgets what was counted for `key` under `policy`.
@@ -198,7 +242,7 @@ fn validate(key: &str, policy: &Policy, cost: u32) -> Result<(), RateLimitError>
 }
 
 /// The decision when the cache could not be used: the policy's fail mode.
-fn degraded(policy: &Policy, cost: u32, why: String) -> Decision {
+fn degraded(policy: &Policy, cost: u32, why: Degraded) -> Decision {
     let window_ms = policy.window_ms();
     match policy.fail_mode {
         FailMode::Open => Decision {
@@ -431,7 +475,10 @@ fn gcra(
         remaining: 0,
         reset_after_ms: policy.window_ms(),
         retry_after_ms: ms(emission),
-        degraded: Some(format!("still contended after {MAX_CAS_ATTEMPTS} attempts")),
+        degraded: Some(Degraded {
+            reason: DegradedReason::Contended,
+            detail: format!("still contended after {MAX_CAS_ATTEMPTS} attempts"),
+        }),
     })
 }
 
@@ -700,7 +747,13 @@ mod tests {
         ] {
             let open = check(&cache, "k", &policy(algorithm, 5, 10), 1, T0).unwrap();
             assert!(open.allowed, "{algorithm:?}");
-            assert_eq!(open.degraded.as_deref(), Some("cache timed out"));
+            assert_eq!(
+                open.degraded,
+                Some(Degraded {
+                    reason: DegradedReason::CacheTimeout,
+                    detail: "cache timed out".into()
+                })
+            );
             let closed = Policy {
                 fail_mode: FailMode::Closed,
                 ..policy(algorithm, 5, 10)
@@ -788,6 +841,7 @@ mod tests {
         let cache = MemoryCache::default();
         cache.insert_raw("rl:{k}:default:fw:10:170000000", b"not a number");
         let decision = check(&cache, "k", &policy(Algorithm::FixedWindow, 3, 10), 1, T0).unwrap();
-        assert!(decision.allowed && decision.degraded.is_some());
+        assert!(decision.allowed);
+        assert_eq!(decision.degraded.map(|why| why.reason), Some(DegradedReason::CacheError));
     }
 }

@@ -15,5 +15,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use edge::cache::{cache, origin};
+pub use edge::cache::{cache, origin, telemetry};
 pub use exports::edge::cache::{profiles, rate_limit};

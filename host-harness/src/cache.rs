@@ -58,10 +58,10 @@ impl Cache {
             return Err(InvalidNamespace(namespace.to_owned()));
         }
         Ok(Self {
-            backend,
             prefix: format!("{namespace}:").into(),
+            metrics: StoreMetrics::new(backend.breaker_gauges()),
+            backend,
             limits,
-            metrics: StoreMetrics::default(),
         })
     }
 
@@ -214,6 +214,13 @@ impl Cache {
         self.traced("compare-and-swap", key, no_hit, async {
             let (full, ttl) = self.checked_write(key, new, ttl)?;
             self.backend.compare_and_swap(&full, expected, new, ttl).await
+        })
+        .await
+    }
+
+    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+        self.traced("compare-and-delete", key, no_hit, async {
+            self.backend.compare_and_delete(&self.full_key(key)?, expected).await
         })
         .await
     }

@@ -1,11 +1,14 @@
-//! The store state of one instance and the host side of `edge:cache/cache`
-//! and `edge:cache/origin`.
+//! The store state of one instance and the host side of `edge:cache/cache`,
+//! `edge:cache/origin` and `edge:cache/telemetry`.
 
 use crate::backend::{CacheError, CasOutcome, Ttl};
-use crate::bindings::{cache, origin};
+use crate::bindings::{cache, origin, telemetry};
 use crate::cache::Cache;
+use crate::metrics::DecisionLabels;
 use crate::origin::{Origin, OriginError};
 use hyper::header::HeaderName;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 use wasmtime::StoreLimits;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -20,16 +23,19 @@ use wasmtime_wasi_http::{
 pub struct EdgeCtx {
     pub cache: Cache,
     pub origin: Origin,
+    /// Rate limit decisions, counted as the function reports them.
+    pub decisions: Family<DecisionLabels, Counter>,
 }
 
-/// Adds `edge:cache/cache` and `edge:cache/origin` to `linker`, reaching the
-/// context through `get`.
+/// Adds `edge:cache/cache`, `edge:cache/origin` and `edge:cache/telemetry`
+/// to `linker`, reaching the context through `get`.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut EdgeCtx,
 ) -> wasmtime::Result<()> {
     cache::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
     origin::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
+    telemetry::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
     Ok(())
 }
 
@@ -170,6 +176,27 @@ impl cache::Host for EdgeCtx {
                 CasOutcome::Conflict(current) => cache::CasOutcome::Conflict(current),
             },
         )
+    }
+
+    async fn compare_and_delete(&mut self, key: String, expected: Vec<u8>) -> Result<bool, cache::Error> {
+        Ok(self.cache.compare_and_delete(&key, &expected).await?)
+    }
+}
+
+impl telemetry::Host for EdgeCtx {
+    async fn rate_limit_decided(&mut self, allowed: bool, degraded: Option<telemetry::DegradedReason>) {
+        use telemetry::DegradedReason;
+        let labels = DecisionLabels {
+            result: if allowed { "allowed" } else { "denied" },
+            degraded: match degraded {
+                None => "no",
+                Some(DegradedReason::CacheUnavailable) => "cache-unavailable",
+                Some(DegradedReason::CacheTimeout) => "cache-timeout",
+                Some(DegradedReason::CacheError) => "cache-error",
+                Some(DegradedReason::Contended) => "contended",
+            },
+        };
+        self.decisions.get_or_create(&labels).inc();
     }
 }
 

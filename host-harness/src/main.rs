@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_cache_guest::config as guest;
-use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, redact_url};
+use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::compose;
 use edge_cache_harness::engine::{DEFAULT_INSTANCE_REUSE, GuestLimits};
@@ -53,8 +53,8 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// Address of the admin listener serving /metrics (Prometheus) and
-    /// /healthz; none when absent.
+    /// Address of the admin listener serving /metrics (Prometheus), /livez
+    /// (alias /healthz) and /readyz; none when absent.
     #[arg(long, env = "EDGE_CACHE_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
 
@@ -77,6 +77,26 @@ struct ServeArgs {
         conflicts_with = "redis_url"
     )]
     redis_cluster_urls: Vec<String>,
+
+    /// Refuse to start while Redis cannot be reached. Without it, the
+    /// harness starts anyway, serves from the origin (rate limits decide by
+    /// their fail mode) and connects in the background; /readyz tells when.
+    #[arg(long, env = "EDGE_CACHE_REQUIRE_REDIS")]
+    require_redis: bool,
+
+    /// PEM file of the CA to trust for rediss:// (a private CA), instead of
+    /// the system's roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with Redis (with
+    /// --redis-client-key).
+    #[arg(long, env = "REDIS_CLIENT_CERT_FILE", requires = "redis_client_key")]
+    redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "REDIS_CLIENT_KEY_FILE", requires = "redis_client_cert")]
+    redis_client_key: Option<PathBuf>,
 
     /// Redis database number (overrides the one in the URL).
     #[arg(long, env = "REDIS_DB")]
@@ -227,10 +247,17 @@ impl ServeArgs {
     fn backend_config(&self) -> BackendConfig {
         let connect_timeout = Duration::from_millis(self.redis_connect_timeout_ms);
         let command_timeout = Duration::from_millis(self.redis_command_timeout_ms);
+        let tls = TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert.clone(),
+            client_key_file: self.redis_client_key.clone(),
+        };
         if !self.redis_cluster_urls.is_empty() {
             return BackendConfig::RedisCluster(RedisClusterConfig {
                 connect_timeout,
                 command_timeout,
+                tls,
+                required: self.require_redis,
                 ..RedisClusterConfig::new(self.redis_cluster_urls.clone())
             });
         }
@@ -241,6 +268,8 @@ impl ServeArgs {
                 command_timeout,
                 reconnect_retries: self.redis_reconnect_retries,
                 max_reconnect_delay: Duration::from_millis(self.redis_max_reconnect_delay_ms),
+                tls,
+                required: self.require_redis,
                 ..RedisConfig::new(url.clone())
             }),
             None => BackendConfig::Memory {
@@ -324,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address} for the admin endpoints"))?;
-            tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
+            tracing::info!(address = %listener.local_addr()?, "serving /metrics, /livez (/healthz) and /readyz");
             Some(tokio::spawn(harness.clone().serve_admin(listener, until_stopped())))
         }
         None => None,
@@ -343,7 +372,22 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Cli, parse_size};
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_never_shows_a_redis_password() {
+        // Only this test touches the environment of this test binary.
+        unsafe {
+            std::env::set_var("REDIS_URL", "redis+unix:///run/redis.sock?pass=hunter2");
+            std::env::set_var("REDIS_CLUSTER_URLS", "rediss://edge:hunter3@10.0.0.1:7000");
+        }
+        let mut command = Cli::command();
+        let serve = command.find_subcommand_mut("serve").expect("a serve subcommand");
+        let help = serve.render_long_help().to_string();
+        assert!(help.contains("REDIS_URL") && help.contains("--require-redis"), "{help}");
+        assert!(!help.contains("hunter2") && !help.contains("hunter3"), "{help}");
+    }
 
     #[test]
     fn sizes_parse_like_redis_maxmemory() {

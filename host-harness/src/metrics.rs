@@ -1,5 +1,6 @@
 //! Prometheus metrics (OpenMetrics text), served on the admin listener.
 
+use crate::backend::breaker::BreakerGauges;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,25 +36,39 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
 }
 
+/// A rate limit decision, as the function reported it: `allowed` or
+/// `denied`, and `no` or why it was made without the cache.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub result: &'static str,
+    pub degraded: &'static str,
+}
+
 /// What the cache facade measures: every store operation's latency and
-/// errors (for the Redis backend these are Redis round trips).
+/// errors (for the Redis backend these are Redis round trips), and the
+/// backend's circuit breakers.
 #[derive(Clone)]
 pub struct StoreMetrics {
     pub latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     pub errors: Family<ErrorLabels, Counter>,
+    pub breakers: BreakerGauges,
 }
 
 impl Default for StoreMetrics {
     fn default() -> Self {
-        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        Self {
-            latency,
-            errors: Family::default(),
-        }
+        Self::new(BreakerGauges::default())
     }
 }
 
 impl StoreMetrics {
+    pub fn new(breakers: BreakerGauges) -> Self {
+        Self {
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            errors: Family::default(),
+            breakers,
+        }
+    }
+
     pub fn observe(&self, op: &'static str, took: Duration, error: Option<&'static str>) {
         self.latency
             .get_or_create(&OperationLabels { op })
@@ -70,7 +85,8 @@ pub struct Metrics {
     pub responses: Family<StatusLabels, Counter>,
     pub cache_lookups: Family<ResultLabels, Counter>,
     pub cache_hit_ratio: Gauge<f64, AtomicU64>,
-    pub rate_limit_decisions: Family<ResultLabels, Counter>,
+    /// Shared with the host side of `edge:cache/telemetry`, which counts.
+    pub rate_limit_decisions: Family<DecisionLabels, Counter>,
 }
 
 impl Metrics {
@@ -102,8 +118,13 @@ impl Metrics {
         );
         registry.register(
             "rate_limit_decisions",
-            "Rate limit decisions (allowed, denied)",
+            "Rate limit decisions as the edge function made them: allowed or denied, and degraded (no, or why the cache was not used)",
             metrics.rate_limit_decisions.clone(),
+        );
+        registry.register(
+            "store_breakers",
+            "Circuit breakers in front of Redis by state (closed, open, half-open): one for a server, one per slot range for a cluster",
+            store.breakers.clone(),
         );
         registry.register("origin_reads", "Reads from the profile origin", origin_reads.clone());
         registry.register(
@@ -120,12 +141,8 @@ impl Metrics {
     }
 
     /// Counts one response the edge function gave.
-    pub fn observe_response(&self, status: u16, x_cache: Option<&str>, rate_limited: bool) {
+    pub fn observe_response(&self, status: u16, x_cache: Option<&str>) {
         self.responses.get_or_create(&StatusLabels { status }).inc();
-        let decision = if rate_limited { "denied" } else { "allowed" };
-        self.rate_limit_decisions
-            .get_or_create(&ResultLabels { result: decision })
-            .inc();
         let result = match x_cache {
             Some("hit") => "hit",
             Some("miss") => "miss",

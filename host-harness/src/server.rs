@@ -199,11 +199,16 @@ impl Harness {
         // `rate-limit` exports are optional.
         let http = ProxyPre::new(instance_pre.clone()).map_err(mismatch)?;
         let exports = EdgeFunctionPre::new(instance_pre).ok();
+        let metrics = Metrics::new(cache.metrics(), origin.read_counter());
         Ok(Self {
             http,
             exports,
-            metrics: Metrics::new(cache.metrics(), origin.read_counter()),
-            edge: EdgeCtx { cache, origin },
+            edge: EdgeCtx {
+                cache,
+                origin,
+                decisions: metrics.rate_limit_decisions.clone(),
+            },
+            metrics,
             guest_env: config.guest_env.clone(),
             limits: config.guest_limits,
             warm: Arc::default(),
@@ -281,7 +286,7 @@ impl Harness {
         };
         let x_cache = response.headers().get("x-cache").and_then(|value| value.to_str().ok());
         let status = response.status().as_u16();
-        self.metrics.observe_response(status, x_cache, status == 429);
+        self.metrics.observe_response(status, x_cache);
         response
     }
 
@@ -372,8 +377,9 @@ impl Harness {
         .await;
     }
 
-    /// Serves `/metrics` (OpenMetrics text) and `/healthz` on `listener`
-    /// until `shutdown` completes.
+    /// Serves `/metrics` (OpenMetrics text), `/livez` (alias `/healthz`:
+    /// the process answers) and `/readyz` (the cache answers too) on
+    /// `listener` until `shutdown` completes.
     pub async fn serve_admin(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         accept_loop(listener, shutdown, move |request, _| {
             let harness = self.clone();
@@ -387,7 +393,11 @@ impl Harness {
                             .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                         response
                     }
-                    "/healthz" => hyper::Response::new(full_body("ok\n")),
+                    "/livez" | "/healthz" => hyper::Response::new(full_body("ok\n")),
+                    "/readyz" => match harness.cache().backend().readiness() {
+                        Ok(note) => hyper::Response::new(full_body(format!("ready: {note}\n"))),
+                        Err(reason) => problem(503, "not-ready", "Not ready", &reason),
+                    },
                     other => problem(404, "not-found", "Not found", &format!("no admin route {other}")),
                 }
             }

@@ -60,11 +60,15 @@ fn exports_are_exactly_the_world() {
 }
 
 #[test]
-fn imports_are_the_cache_the_origin_and_wasi_only() {
+fn imports_are_the_cache_the_origin_telemetry_and_wasi_only() {
     let world = WorldNames::of(&std::fs::read(BUILT_GUEST).expect("the guest was built"));
     assert_eq!(
         world.own_imports(),
-        BTreeSet::from(["edge:cache/cache@0.1.0", "edge:cache/origin@0.1.0"])
+        BTreeSet::from([
+            "edge:cache/cache@0.1.0",
+            "edge:cache/origin@0.1.0",
+            "edge:cache/telemetry@0.1.0"
+        ])
     );
     let imports = world.imports;
     // The guest holds no connection: it cannot open sockets or send HTTP.
@@ -139,7 +143,7 @@ fn interfaces_match_the_published_wit() {
         }
         compared += 1;
     }
-    assert_eq!(compared, 4, "cache, origin, profiles and rate-limit");
+    assert_eq!(compared, 5, "cache, origin, telemetry, profiles and rate-limit");
 }
 
 /// A type as text: named types by name, anonymous ones by shape.

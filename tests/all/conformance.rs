@@ -47,6 +47,25 @@ impl Subject {
     }
 }
 
+impl Subject {
+    /// Writes a Redis list at `key` of the namespace, with a client of the
+    /// test's own (the contract has no way to).
+    async fn push_list(&self, key: &str) {
+        let mut command = ::redis::cmd("RPUSH");
+        command.arg(format!("conformance:{key}")).arg("x");
+        if let Some(server) = &self._server {
+            let mut connection = server.connection().await;
+            let _: ::redis::Value = command.query_async(&mut connection).await.unwrap();
+        } else if let Some(cluster) = &self._cluster {
+            let client = ::redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+            let mut connection = client.get_async_connection().await.unwrap();
+            let _: ::redis::Value = command.query_async(&mut connection).await.unwrap();
+        } else {
+            panic!("the embedded store holds bytes only");
+        }
+    }
+}
+
 fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|name| name.to_string()).collect()
 }
@@ -224,6 +243,28 @@ async fn compare_and_swap(cache: &Cache) {
     assert!(!cache.exists("absent").await.unwrap());
 }
 
+async fn compare_and_delete(cache: &Cache) {
+    cache.set("lock", b"token-1", Some(60), false).await.unwrap();
+    assert!(!cache.compare_and_delete("lock", b"token-2").await.unwrap());
+    assert_eq!(cache.get("lock").await.unwrap().as_deref(), Some(&b"token-1"[..]));
+    assert!(cache.compare_and_delete("lock", b"token-1").await.unwrap());
+    assert!(!cache.exists("lock").await.unwrap());
+    assert!(!cache.compare_and_delete("lock", b"token-1").await.unwrap(), "absent: nothing to delete");
+    // Concurrent holders of the same token: exactly one deletes.
+    cache.set("lock", b"t", None, false).await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.compare_and_delete("lock", b"t").await.unwrap() })
+        })
+        .collect();
+    let mut deleted = 0;
+    for task in tasks {
+        deleted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(deleted, 1);
+}
+
 async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
     assert!(matches!(cache.get("").await, Err(CacheError::InvalidKey(_))));
     assert!(matches!(
@@ -306,9 +347,43 @@ conformance!(
     concurrent_bounded_counters_never_pass_the_bound,
     concurrent_counters_are_atomic,
     compare_and_swap,
+    compare_and_delete,
     invalid_input_is_typed_and_changes_nothing,
     namespaces_do_not_cross,
 );
+
+/// A value of another type (a list, which only Redis can hold) at a key of
+/// the namespace: reading and comparing calls answer `wrong-type`; `delete`
+/// and `set` replace it.
+async fn values_of_another_type(subject: &Subject) {
+    let cache = &subject.cache;
+    subject.push_list("list").await;
+    assert_eq!(cache.get("list").await, Err(CacheError::WrongType));
+    assert_eq!(
+        cache.compare_and_swap("list", None, b"v", None).await,
+        Err(CacheError::WrongType)
+    );
+    assert_eq!(cache.compare_and_delete("list", b"x").await, Err(CacheError::WrongType));
+    assert_eq!(cache.incr_by("list", 1, 60).await, Err(CacheError::WrongType));
+    assert_eq!(cache.delete(&keys(&["list"])).await.unwrap(), 1);
+    assert_eq!(
+        cache.compare_and_swap("list", None, b"v", None).await.unwrap(),
+        CasOutcome::Swapped
+    );
+    subject.push_list("other").await;
+    assert!(cache.set("other", b"v", None, false).await.unwrap());
+    assert_eq!(cache.get("other").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_another_type_on_redis() {
+    values_of_another_type(&Subject::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_another_type_on_a_cluster() {
+    values_of_another_type(&Subject::cluster().await).await;
+}
 
 #[tokio::test]
 async fn namespaces_are_validated() {

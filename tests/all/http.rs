@@ -549,8 +549,15 @@ async fn metrics_match_the_requests_made() {
     assert_eq!(value(r#"edge_cache_http_responses_total{status="200"}"#), 3.0);
     assert_eq!(value(r#"edge_cache_http_responses_total{status="404"}"#), 1.0);
     assert_eq!(value(r#"edge_cache_http_responses_total{status="429"}"#), 1.0);
-    assert_eq!(value(r#"edge_cache_rate_limit_decisions_total{result="allowed"}"#), 4.0);
-    assert_eq!(value(r#"edge_cache_rate_limit_decisions_total{result="denied"}"#), 1.0);
+    // Counted as the guest reported them, not from status codes.
+    assert_eq!(
+        value(r#"edge_cache_rate_limit_decisions_total{result="allowed",degraded="no"}"#),
+        4.0
+    );
+    assert_eq!(
+        value(r#"edge_cache_rate_limit_decisions_total{result="denied",degraded="no"}"#),
+        1.0
+    );
     assert_eq!(value(r#"edge_cache_cache_lookups_total{result="hit"}"#), 2.0);
     assert_eq!(value(r#"edge_cache_cache_lookups_total{result="miss"}"#), 1.0);
     assert!((value("edge_cache_cache_hit_ratio") - 2.0 / 3.0).abs() < 1e-9);
@@ -566,11 +573,13 @@ async fn metrics_match_the_requests_made() {
         "no store errors:\n{text}"
     );
 
-    let health = served
-        .client
-        .get(format!("http://{admin_address}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    for path in ["/healthz", "/livez", "/readyz"] {
+        let health = served
+            .client
+            .get(format!("http://{admin_address}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200, "{path}");
+    }
 }

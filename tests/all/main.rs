@@ -6,5 +6,7 @@ mod component_world;
 mod composition;
 mod conformance;
 mod http;
+mod redis_faults;
 mod redis_ops;
 mod startup;
+mod tls;

@@ -4,14 +4,26 @@ use edge_cache_harness::backend::redis::RedisConfig;
 use edge_cache_harness::{BackendConfig, Harness, HarnessConfig, StartupError};
 use std::time::Duration;
 
+/// A configuration that refuses to start without Redis
+/// (`--require-redis`).
 fn redis(url: &str) -> HarnessConfig {
     HarnessConfig {
         backend: BackendConfig::Redis(RedisConfig {
             connect_timeout: Duration::from_millis(300),
+            required: true,
             ..RedisConfig::new(url)
         }),
         ..HarnessConfig::default()
     }
+}
+
+/// A port nothing listens on: bound, then released.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_error(config: HarnessConfig) -> String {
@@ -22,13 +34,8 @@ async fn start_error(config: HarnessConfig) -> String {
 }
 
 #[tokio::test]
-async fn unreachable_redis_is_reported_without_the_password() {
-    // A port nothing listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+async fn unreachable_redis_stops_a_start_that_requires_it_without_the_password() {
+    let port = closed_port();
     let started = std::time::Instant::now();
     let message = start_error(redis(&format!("redis://user:hunter2@127.0.0.1:{port}"))).await;
     assert!(
@@ -41,6 +48,41 @@ async fn unreachable_redis_is_reported_without_the_password() {
         "gave up after {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn unreachable_redis_does_not_stop_a_start_that_does_not_require_it() {
+    let mut config = redis(&format!("redis://127.0.0.1:{}", closed_port()));
+    let BackendConfig::Redis(redis) = &mut config.backend else {
+        unreachable!()
+    };
+    redis.required = false;
+    let harness = Harness::start(&config).await.expect("the harness starts without Redis");
+    let reason = harness.cache().backend().readiness().unwrap_err();
+    assert!(reason.starts_with("Redis at redis://127.0.0.1:"), "{reason}");
+}
+
+#[tokio::test]
+async fn secrets_in_every_url_form_stay_out_of_errors() {
+    let port = closed_port();
+    for (url, shown) in [
+        (
+            "redis+unix:///nonexistent/redis.sock?pass=hunter2".to_owned(),
+            "redis+unix:///nonexistent/redis.sock?pass=***",
+        ),
+        (
+            "unix:///nonexistent/redis.sock?user=edge&pass=hunter2".to_owned(),
+            "unix:///nonexistent/redis.sock?user=edge&pass=***",
+        ),
+        (
+            format!("rediss://edge:hunter2@127.0.0.1:{port}"),
+            "rediss://edge:***@127.0.0.1:",
+        ),
+    ] {
+        let message = start_error(redis(&url)).await;
+        assert!(message.contains(shown), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
 }
 
 #[tokio::test]

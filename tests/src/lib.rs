@@ -21,14 +21,19 @@ pub static ENGINE: LazyLock<Engine> =
 pub static COMPONENT: LazyLock<Component> =
     LazyLock::new(|| Component::from_file(&ENGINE, BUILT_GUEST).expect("the built guest compiles"));
 
-/// Starts `redis-server` on `port`, logging to `dir/redis.log`.
-fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+/// Starts `redis-server` on `port` (its TLS port when `tls`), logging to
+/// `dir/redis.log`.
+fn spawn(port: u16, tls: bool, dir: &std::path::Path, extra: &[String]) -> Child {
     let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     let log = std::fs::File::create(dir.join("redis.log")).expect("create the server log");
+    let port = port.to_string();
+    let ports: &[&str] = match tls {
+        true => &["--port", "0", "--tls-port", &port],
+        false => &["--port", &port],
+    };
     let spawned = Command::new(&binary)
+        .args(ports)
         .args([
-            "--port",
-            &port.to_string(),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -84,6 +89,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Serves TLS only (its `extra` arguments name the certificates).
+    tls: bool,
 }
 
 impl RedisServer {
@@ -95,22 +102,29 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments, e.g.
     /// `["--maxmemory", "1mb"]`.
     pub fn start_with(extra: &[&str]) -> Self {
-        Self::start_on(free_port, extra)
+        Self::start_on(free_port, extra, false)
     }
 
-    fn start_on(pick_port: fn() -> u16, extra: &[&str]) -> Self {
+    /// Starts a server that speaks TLS only, on its port; `extra` gives
+    /// the `--tls-*` arguments (certificates, client authentication).
+    pub fn start_tls(extra: &[&str]) -> Self {
+        Self::start_on(free_port, extra, true)
+    }
+
+    fn start_on(pick_port: fn() -> u16, extra: &[&str], tls: bool) -> Self {
         let extra: Vec<String> = extra.iter().map(|arg| arg.to_string()).collect();
         // A port can be taken between probing and binding: try a few.
         for _ in 0..5 {
             let port = pick_port();
             let dir = std::env::temp_dir().join(format!("edge-cache-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create the server's directory");
-            let child = spawn(port, &dir, &extra);
+            let child = spawn(port, tls, &dir, &extra);
             let mut server = Self {
                 child,
                 port,
                 dir,
                 extra: extra.clone(),
+                tls,
             };
             if server.wait_until_ready(Duration::from_secs(10)) {
                 return server;
@@ -125,10 +139,29 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is
+    /// answered, as with a hung or swapping host. [`Self::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT); it answers what was sent meanwhile.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts the server again on the same port (empty: it keeps no data).
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn(self.port, &self.dir, &self.extra);
+        self.child = spawn(self.port, self.tls, &self.dir, &self.extra);
         assert!(
             self.wait_until_ready(Duration::from_secs(10)),
             "redis-server did not come back"
@@ -142,6 +175,15 @@ impl RedisServer {
                 let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
                 eprintln!("redis-server exited early ({status}):\n{log}");
                 return false;
+            }
+            if self.tls {
+                // Checked without a client of its own: the log says when.
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                if log.contains("Ready to accept connections") {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
             }
             let ping = redis::Client::open(self.url())
                 .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
@@ -203,8 +245,10 @@ impl Drop for RedisServer {
 pub struct Served {
     pub harness: Arc<Harness>,
     pub address: SocketAddr,
+    /// The admin listener (`/metrics`, `/livez`, `/readyz`).
+    pub admin: SocketAddr,
     pub client: reqwest::Client,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Served {
@@ -222,13 +266,21 @@ impl Served {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(harness.clone().serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let (shutdown, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        tokio::spawn(harness.clone().serve(listener, until_stopped()));
+        tokio::spawn(harness.clone().serve_admin(admin_listener, until_stopped()));
         Self {
             harness,
             address,
+            admin,
             client: reqwest::Client::new(),
             shutdown: Some(shutdown),
         }
@@ -246,6 +298,17 @@ impl Served {
             .expect("the harness answers")
     }
 
+    /// An admin route's status and body.
+    pub async fn admin(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .expect("the admin listener answers");
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
     pub async fn put(&self, path: &str, body: &str) -> reqwest::Response {
         self.client
             .put(self.url(path))
@@ -259,7 +322,7 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+            let _ = shutdown.send(true);
         }
     }
 }
@@ -342,6 +405,7 @@ impl RedisCluster {
                         "--cluster-require-full-coverage",
                         "no",
                     ],
+                    false,
                 )
             })
             .collect();
