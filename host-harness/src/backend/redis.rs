@@ -767,8 +767,10 @@ impl Shared {
                 None => redis::cmd("PING"),
             };
             match command.query_async::<Value>(&mut connection).await {
-                Err(error) if is_outage(&error) => Err(self.scrub(&error.to_string())),
-                _ => Ok(()),
+                Ok(_) => Ok(()),
+                // An error reply (say NOPERM) comes from a live server.
+                Err(error) if matches!(error.kind(), ErrorKind::Server(_)) && !is_outage(&error) => Ok(()),
+                Err(error) => Err(self.scrub(&error.to_string())),
             }
         };
         let outcome = timeout(self.command_timeout, probe)
