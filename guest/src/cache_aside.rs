@@ -238,7 +238,10 @@ impl<C: Cache, O: Origin, K: Clock> Profiles<'_, C, O, K> {
                 return Cached::WrongType;
             }
             Err(error) => {
-                log(&format!("cache read of {id} failed, asking the origin: {error}"));
+                // An outage is the host's to report (once, not per request).
+                if !is_outage(&error) {
+                    log(&format!("cache read of {id} failed, asking the origin: {error}"));
+                }
                 return Cached::Unusable;
             }
         };
@@ -442,6 +445,12 @@ fn profile_text(profile: ProfileJson) -> String {
     Box::<str>::from(profile).into_string()
 }
 
+/// Whether a cache error says the cache is down or slow, rather than
+/// something about this entry.
+fn is_outage(error: &CacheError) -> bool {
+    matches!(error, CacheError::Unavailable(_) | CacheError::Timeout)
+}
+
 /// Guest diagnostics go to stderr, which the host attributes to the request.
 fn log(message: &str) {
     eprintln!("edge-cache guest: {message}");
@@ -589,7 +598,11 @@ mod tests {
         // 30 s before expiry, the least likely draw refreshes.
         cache.clock.advance(30_000);
         assert_eq!(source(profiles.get("alice")), Source::Origin);
-        assert_eq!(cache.clock.draws.get(), 2, "XFetch's draw, and the refresh lock's token");
+        assert_eq!(
+            cache.clock.draws.get(),
+            2,
+            "XFetch's draw, and the refresh lock's token"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::cache_aside::{ProfileError, Profiles, Source};
 use crate::config::{CallerClass, Config, Route};
 use crate::host::{Cache, Clock, Origin};
-use crate::rate_limit::{self, Decision, Policy};
+use crate::rate_limit::{self, Decision, DegradedReason, Policy};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -206,8 +206,17 @@ pub fn handle(
             return Response::problem(500, "misconfigured", "Misconfigured rate limit", &detail);
         }
     };
-    if let Some(why) = &decision.degraded {
-        eprintln!("edge-cache guest: rate limit decided without the cache ({})", why.detail);
+    // A cache outage is said in a header and counted by the host; only the
+    // other reasons, which concern this caller's keys, are logged.
+    if let Some(why) = decision
+        .degraded
+        .as_ref()
+        .filter(|why| matches!(why.reason, DegradedReason::CacheError | DegradedReason::Contended))
+    {
+        eprintln!(
+            "edge-cache guest: rate limit decided without the cache ({})",
+            why.detail
+        );
     }
     let response = if decision.allowed {
         route(request, cache, origin, clock, config)
@@ -511,7 +520,11 @@ mod tests {
             response.header(DEGRADED_HEADER),
             Some("fail-open; reason=cache-unavailable")
         );
-        assert!(response.decision.is_some_and(|decision| decision.allowed && decision.degraded.is_some()));
+        assert!(
+            response
+                .decision
+                .is_some_and(|decision| decision.allowed && decision.degraded.is_some())
+        );
     }
 
     #[test]
@@ -527,7 +540,10 @@ mod tests {
             &config,
         );
         assert_eq!((response.status, response.header("retry-after")), (429, Some("1")));
-        assert_eq!(response.header(DEGRADED_HEADER), Some("fail-closed; reason=cache-timeout"));
+        assert_eq!(
+            response.header(DEGRADED_HEADER),
+            Some("fail-closed; reason=cache-timeout")
+        );
     }
 
     #[test]

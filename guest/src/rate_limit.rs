@@ -842,6 +842,9 @@ mod tests {
         cache.insert_raw("rl:{k}:default:fw:10:170000000", b"not a number");
         let decision = check(&cache, "k", &policy(Algorithm::FixedWindow, 3, 10), 1, T0).unwrap();
         assert!(decision.allowed);
-        assert_eq!(decision.degraded.map(|why| why.reason), Some(DegradedReason::CacheError));
+        assert_eq!(
+            decision.degraded.map(|why| why.reason),
+            Some(DegradedReason::CacheError)
+        );
     }
 }

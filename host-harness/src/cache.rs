@@ -247,7 +247,14 @@ impl Cache {
             }
             Err(error) => {
                 self.metrics.observe(op, took, Some(error.kind()));
-                tracing::warn!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error)
+                match error {
+                    // An outage fails every call: the breaker logs when it
+                    // starts and ends, and `/metrics` counts the calls.
+                    CacheError::Unavailable(_) | CacheError::Timeout(_) => {
+                        tracing::debug!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error)
+                    }
+                    _ => tracing::warn!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error),
+                }
             }
         }
         result

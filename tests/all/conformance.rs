@@ -249,7 +249,10 @@ async fn compare_and_delete(cache: &Cache) {
     assert_eq!(cache.get("lock").await.unwrap().as_deref(), Some(&b"token-1"[..]));
     assert!(cache.compare_and_delete("lock", b"token-1").await.unwrap());
     assert!(!cache.exists("lock").await.unwrap());
-    assert!(!cache.compare_and_delete("lock", b"token-1").await.unwrap(), "absent: nothing to delete");
+    assert!(
+        !cache.compare_and_delete("lock", b"token-1").await.unwrap(),
+        "absent: nothing to delete"
+    );
     // Concurrent holders of the same token: exactly one deletes.
     cache.set("lock", b"t", None, false).await.unwrap();
     let tasks: Vec<_> = (0..20)

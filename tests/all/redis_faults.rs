@@ -4,11 +4,11 @@
 //! fail, requests stop waiting for it, and they find it again when it is
 //! back.
 
+use edge_cache_harness::BackendConfig;
+use edge_cache_harness::backend::CacheError;
 use edge_cache_harness::backend::breaker::{CLUSTER_RANGES, key_slot};
 use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig};
-use edge_cache_harness::backend::CacheError;
 use edge_cache_harness::cache::{Cache, Limits};
-use edge_cache_harness::BackendConfig;
 use edge_cache_tests::{RedisCluster, RedisServer, Served, config};
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,10 @@ async fn assert_served_without_waiting(served: &Served) {
     )
     .await;
     assert_eq!(degraded_after - degraded_before, 10.0);
-    assert_eq!(metric(served, r#"edge_cache_store_breakers{state="closed"}"#).await, 0.0);
+    assert_eq!(
+        metric(served, r#"edge_cache_store_breakers{state="closed"}"#).await,
+        0.0
+    );
     let (status, reason) = served.admin("/readyz").await;
     assert_eq!(status, 503, "{reason}");
     assert!(reason.contains("circuit open"), "{reason}");
@@ -116,12 +119,19 @@ async fn assert_recovers(served: &Served) {
         if answer.x_cache == "hit" {
             break;
         }
-        assert!(back.elapsed() < RECOVERY, "no hit {:?} after Redis came back", back.elapsed());
+        assert!(
+            back.elapsed() < RECOVERY,
+            "no hit {:?} after Redis came back",
+            back.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, body) = served.admin("/readyz").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(metric(served, r#"edge_cache_store_breakers{state="closed"}"#).await, 1.0);
+    assert_eq!(
+        metric(served, r#"edge_cache_store_breakers{state="closed"}"#).await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,12 +167,19 @@ async fn the_harness_starts_without_redis_and_connects_when_it_appears() {
     server.stop();
     let started = Instant::now();
     let served = Served::start(config(backend(&server))).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "started in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "started in {:?}",
+        started.elapsed()
+    );
     let answer = get(&served, "/profiles/alice").await;
     assert_eq!((answer.status, answer.x_cache.as_str()), (200, "bypass"));
     let (status, reason) = served.admin("/readyz").await;
     assert_eq!(status, 503, "{reason}");
-    assert!(reason.contains(&format!("redis://127.0.0.1:{}", server.port())), "{reason}");
+    assert!(
+        reason.contains(&format!("redis://127.0.0.1:{}", server.port())),
+        "{reason}"
+    );
     for alive in ["/livez", "/healthz"] {
         assert_eq!(served.admin(alive).await, (200, "ok\n".to_owned()), "{alive}");
     }
@@ -170,7 +187,11 @@ async fn the_harness_starts_without_redis_and_connects_when_it_appears() {
     server.restart();
     let back = Instant::now();
     while served.admin("/readyz").await.0 != 200 {
-        assert!(back.elapsed() < RECOVERY, "not ready {:?} after Redis appeared", back.elapsed());
+        assert!(
+            back.elapsed() < RECOVERY,
+            "not ready {:?} after Redis appeared",
+            back.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_recovers(&served).await;
@@ -182,7 +203,12 @@ async fn a_value_of_another_type_is_replaced_by_the_next_fill() {
     let served = Served::start(config(backend(&server))).await;
     let mut redis = server.connection().await;
     let key = "edge-cache:profile:v1:alice";
-    let _: () = redis::cmd("RPUSH").arg(key).arg("not a profile").query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg(key)
+        .arg("not a profile")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 
     let first = get(&served, "/profiles/alice").await;
     assert_eq!((first.status, first.x_cache.as_str()), (200, "miss"));
@@ -211,7 +237,10 @@ async fn a_dead_cluster_primary_opens_only_its_own_breakers() {
         let range = usize::from(key_slot(format!("faults:{key}").as_bytes())) * CLUSTER_RANGES / 16_384;
         [21, 42].contains(&range)
     };
-    let keys: Vec<String> = (0..200).map(|n| format!("k{n}")).filter(|key| !straddles(key)).collect();
+    let keys: Vec<String> = (0..200)
+        .map(|n| format!("k{n}"))
+        .filter(|key| !straddles(key))
+        .collect();
     let victim = cluster.owner_of(&format!("faults:{}", keys[0]));
     let (dead, alive): (Vec<&String>, Vec<&String>) = keys
         .iter()
@@ -224,7 +253,8 @@ async fn a_dead_cluster_primary_opens_only_its_own_breakers() {
     let dead_key = dead[0];
     // The first answers may be redirections to the dead node (not an
     // outage in themselves); the refusals that follow open the breaker.
-    let circuit_open = |error: &CacheError| matches!(error, CacheError::Unavailable(why) if why.contains("circuit open"));
+    let circuit_open =
+        |error: &CacheError| matches!(error, CacheError::Unavailable(why) if why.contains("circuit open"));
     let mut attempts = 0;
     while !circuit_open(&cache.get(dead_key).await.unwrap_err()) {
         attempts += 1;

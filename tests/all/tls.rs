@@ -29,9 +29,14 @@ impl Pki {
         let issuer = Issuer::new(ca, ca_key);
         let write = |file: &str, pem: String| std::fs::write(dir.join(file), pem).unwrap();
         write("ca.pem", ca_cert.pem());
-        for (who, names) in [("server", vec!["127.0.0.1".to_owned(), "localhost".to_owned()]), ("client", vec![])] {
+        for (who, names) in [
+            ("server", vec!["127.0.0.1".to_owned(), "localhost".to_owned()]),
+            ("client", vec![]),
+        ] {
             let mut params = CertificateParams::new(names).unwrap();
-            params.distinguished_name.push(DnType::CommonName, format!("edge-cache test {who}"));
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("edge-cache test {who}"));
             let key = KeyPair::generate().unwrap();
             write(&format!("{who}.pem"), params.signed_by(&key, &issuer).unwrap().pem());
             write(&format!("{who}-key.pem"), key.serialize_pem());
@@ -110,7 +115,10 @@ async fn rediss_with_a_private_ca_serves_and_caches() {
 
     // Without the CA, the server's certificate is not trusted.
     let message = start_error(tls_backend(&server, TlsFiles::default())).await;
-    assert!(message.contains("cannot reach Redis at rediss://127.0.0.1"), "{message}");
+    assert!(
+        message.contains("cannot reach Redis at rediss://127.0.0.1"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

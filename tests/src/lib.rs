@@ -33,14 +33,7 @@ fn spawn(port: u16, tls: bool, dir: &std::path::Path, extra: &[String]) -> Child
     };
     let spawned = Command::new(&binary)
         .args(ports)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
         .args(extra)

@@ -175,7 +175,9 @@ impl Breakers {
                 }
             }
         }
-        keys.into_iter().map(|key| key.expect("every range has a key")).collect()
+        keys.into_iter()
+            .map(|key| key.expect("every range has a key"))
+            .collect()
     }
 
     fn now_ms(&self) -> u64 {
@@ -333,7 +335,11 @@ fn crc16(bytes: &[u8]) -> u16 {
     for &byte in bytes {
         crc ^= u16::from(byte) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -350,7 +356,11 @@ mod tests {
         assert_eq!(key_slot(b"123456789"), 12739);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
-        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"), "an empty tag hashes the whole key");
+        assert_ne!(
+            key_slot(b"foo{}{bar}"),
+            key_slot(b"bar"),
+            "an empty tag hashes the whole key"
+        );
     }
 
     #[test]
@@ -379,7 +389,10 @@ mod tests {
         assert!(breakers.take_probe(0));
         breakers.probed(0, Ok(()));
         assert!(breakers.admit(0).is_ok());
-        let closed = breakers.gauges().get_or_create(&BreakerStateLabels { state: "closed" }).get();
+        let closed = breakers
+            .gauges()
+            .get_or_create(&BreakerStateLabels { state: "closed" })
+            .get();
         assert_eq!((closed, breakers.open_count()), (1, 0));
     }
 

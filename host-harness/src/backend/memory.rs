@@ -245,13 +245,15 @@ impl MemoryBackend {
     pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
         let now = Instant::now();
         let mut deleted = false;
-        self.entries.entry_by_ref(key).and_compute_with(|current| match current {
-            Some(entry) if entry.value().is_live(now) && &*entry.value().bytes == expected => {
-                deleted = true;
-                Op::Remove
-            }
-            _ => Op::Nop,
-        });
+        self.entries
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(entry) if entry.value().is_live(now) && &*entry.value().bytes == expected => {
+                    deleted = true;
+                    Op::Remove
+                }
+                _ => Op::Nop,
+            });
         Ok(deleted)
     }
 

@@ -19,8 +19,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
-    Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
+    RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
 };
 use std::future::Future;
 use std::path::PathBuf;
@@ -367,7 +367,9 @@ fn is_configuration_error(error: &RedisError) -> bool {
     matches!(
         error.kind(),
         ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig | ErrorKind::Server(ServerErrorKind::NoPerm)
-    ) || error.code().is_some_and(|code| ["WRONGPASS", "NOAUTH", "NOPERM"].contains(&code))
+    ) || error
+        .code()
+        .is_some_and(|code| ["WRONGPASS", "NOAUTH", "NOPERM"].contains(&code))
 }
 
 impl RedisBackend {
@@ -406,6 +408,19 @@ impl RedisBackend {
             .set_response_timeout(Some(config.command_timeout))
             .set_number_of_retries(config.reconnect_retries)
             .set_max_delay(config.max_reconnect_delay);
+        // The first contact is a connection of its own: the manager retries
+        // refused credentials as it retries a refused port, and they must be
+        // told apart.
+        let first_contact = {
+            let client = client.clone();
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.command_timeout));
+            async move {
+                let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+                redis::cmd("PING").query_async::<Value>(&mut connection).await.map(drop)
+            }
+        };
         let manager =
             ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| invalid(e.to_string()))?;
         let backend = Self::new(
@@ -416,7 +431,7 @@ impl RedisBackend {
             secrets,
         );
         let startup_deadline = config.connect_timeout * 2;
-        let first = timeout(startup_deadline, backend.shared.ping()).await;
+        let first = timeout(startup_deadline, first_contact).await;
         backend.started(first, startup_deadline, config.required, None)
     }
 
@@ -609,7 +624,11 @@ impl RedisBackend {
             .await
     }
 
-    async fn invoke<T: FromRedisValue + Send>(&self, key: &str, invocation: ScriptInvocation<'_>) -> Result<T, CacheError> {
+    async fn invoke<T: FromRedisValue + Send>(
+        &self,
+        key: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, CacheError> {
         self.bounded(key, |mut c| async move { invocation.invoke_async(&mut c).await })
             .await
     }
@@ -656,8 +675,7 @@ impl RedisBackend {
         match keys {
             [] => Ok(0),
             _ if self.shared.cluster => {
-                let deleted =
-                    try_join_all(keys.iter().map(|key| self.query::<u32>(key, redis::Cmd::del(key)))).await?;
+                let deleted = try_join_all(keys.iter().map(|key| self.query::<u32>(key, redis::Cmd::del(key)))).await?;
                 Ok(deleted.into_iter().sum())
             }
             [first, ..] => self.query(first, redis::Cmd::del(keys)).await,
@@ -743,11 +761,6 @@ impl Shared {
         scrub(text, &self.secrets)
     }
 
-    async fn ping(&self) -> Result<(), RedisError> {
-        let mut connection = self.connection.get().expect("a single server's connection exists").clone();
-        redis::cmd("PING").query_async::<Value>(&mut connection).await.map(drop)
-    }
-
     /// Connects to a cluster and checks it with a `PING`.
     async fn connect_cluster(&self, client: &ClusterClient) -> Result<(), RedisError> {
         let mut connection = client.get_async_connection().await?;
@@ -795,7 +808,12 @@ async fn supervise(shared: Weak<Shared>, cluster_client: Option<ClusterClient>) 
             if tokio::time::Instant::now() < next_connect {
                 continue;
             }
-            match timeout(shared.command_timeout.max(Duration::from_secs(1)), shared.connect_cluster(client)).await {
+            match timeout(
+                shared.command_timeout.max(Duration::from_secs(1)),
+                shared.connect_cluster(client),
+            )
+            .await
+            {
                 Ok(Ok(())) => tracing::info!(
                     target: "edge_cache::breaker",
                     redis = %shared.target,
@@ -871,7 +889,10 @@ mod tests {
                 "redis+unix:///run/redis.sock?db=2&pass=hunter2",
                 "redis+unix:///run/redis.sock?db=2&pass=***",
             ),
-            ("unix:///run/redis.sock?user=edge&pass=hunter2", "unix:///run/redis.sock?user=edge&pass=***"),
+            (
+                "unix:///run/redis.sock?user=edge&pass=hunter2",
+                "unix:///run/redis.sock?user=edge&pass=***",
+            ),
             ("rediss://edge:hun%74er2@cache:6380", "rediss://edge:***@cache:6380"),
             ("redis://cache?password=hunter2", "redis://cache?password=***"),
         ] {
