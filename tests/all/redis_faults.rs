@@ -128,10 +128,10 @@ async fn assert_recovers(served: &Served) {
     }
     let (status, body) = served.admin("/readyz").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        metric(served, r#"edge_cache_store_breakers{state="closed"}"#).await,
-        1.0
-    );
+    for state in ["open", "half-open"] {
+        let series = format!(r#"edge_cache_store_breakers{{state="{state}"}}"#);
+        assert_eq!(metric(served, &series).await, 0.0, "{series}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,4 +275,47 @@ async fn a_dead_cluster_primary_opens_only_its_own_breakers() {
         readiness.as_ref().is_ok_and(|note| note.contains("slot ranges")),
         "{readiness:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_starts_without_a_cluster_and_connects_when_it_appears() {
+    let mut cluster = RedisCluster::start(3, 0);
+    for node in 0..cluster.nodes.len() {
+        cluster.kill(node);
+    }
+    let started = Instant::now();
+    let served = Served::start(config(BackendConfig::RedisCluster(RedisClusterConfig {
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: COMMAND_TIMEOUT,
+        ..RedisClusterConfig::new(cluster.urls())
+    })))
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "started in {:?}",
+        started.elapsed()
+    );
+    let answer = get(&served, "/profiles/alice").await;
+    assert_eq!((answer.status, answer.x_cache.as_str()), (200, "bypass"));
+    assert!(answer.took < FAST, "took {:?}", answer.took);
+    let (status, reason) = served.admin("/readyz").await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("not connected to Redis"), "{reason}");
+
+    // The nodes come back with their cluster configuration (kept in their
+    // directories), empty.
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    cluster.wait_for_failover(3, 3);
+    let back = Instant::now();
+    while served.admin("/readyz").await.0 != 200 {
+        assert!(
+            back.elapsed() < RECOVERY,
+            "not ready {:?} after the cluster was back",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_recovers(&served).await;
 }
