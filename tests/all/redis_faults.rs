@@ -134,6 +134,40 @@ async fn assert_recovers(served: &Served) {
     }
 }
 
+/// For a harness that started without Redis, once Redis is there:
+/// `/readyz` turns 200 within [`RECOVERY`], then hits resume.
+async fn assert_ready_and_recovers(served: &Served) {
+    let back = Instant::now();
+    while served.admin("/readyz").await.0 != 200 {
+        let waited = back.elapsed();
+        assert!(waited < RECOVERY, "not ready {waited:?} after Redis appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_recovers(served).await;
+}
+
+/// Starts a harness on `backend`, which cannot be reached: it starts at
+/// once, answers from the origin without waiting, and is not ready; the
+/// reason is returned.
+async fn start_unready(backend: BackendConfig) -> (Served, String) {
+    let started = Instant::now();
+    let served = Served::start(config(backend)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "started in {:?}",
+        started.elapsed()
+    );
+    let answer = get(&served, "/profiles/alice").await;
+    assert_eq!((answer.status, answer.x_cache.as_str()), (200, "bypass"));
+    assert!(answer.took < FAST, "took {:?}", answer.took);
+    let (status, reason) = served.admin("/readyz").await;
+    assert_eq!(status, 503, "{reason}");
+    for alive in ["/livez", "/healthz"] {
+        assert_eq!(served.admin(alive).await, (200, "ok\n".to_owned()), "{alive}");
+    }
+    (served, reason)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_is_not_waited_for_and_is_found_again() {
     let mut server = RedisServer::start();
@@ -165,36 +199,14 @@ async fn a_frozen_redis_is_not_waited_for_and_is_found_again() {
 async fn the_harness_starts_without_redis_and_connects_when_it_appears() {
     let mut server = RedisServer::start();
     server.stop();
-    let started = Instant::now();
-    let served = Served::start(config(backend(&server))).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "started in {:?}",
-        started.elapsed()
-    );
-    let answer = get(&served, "/profiles/alice").await;
-    assert_eq!((answer.status, answer.x_cache.as_str()), (200, "bypass"));
-    let (status, reason) = served.admin("/readyz").await;
-    assert_eq!(status, 503, "{reason}");
+    let (served, reason) = start_unready(backend(&server)).await;
     assert!(
         reason.contains(&format!("redis://127.0.0.1:{}", server.port())),
         "{reason}"
     );
-    for alive in ["/livez", "/healthz"] {
-        assert_eq!(served.admin(alive).await, (200, "ok\n".to_owned()), "{alive}");
-    }
 
     server.restart();
-    let back = Instant::now();
-    while served.admin("/readyz").await.0 != 200 {
-        assert!(
-            back.elapsed() < RECOVERY,
-            "not ready {:?} after Redis appeared",
-            back.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_recovers(&served).await;
+    assert_ready_and_recovers(&served).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,23 +295,12 @@ async fn the_harness_starts_without_a_cluster_and_connects_when_it_appears() {
     for node in 0..cluster.nodes.len() {
         cluster.kill(node);
     }
-    let started = Instant::now();
-    let served = Served::start(config(BackendConfig::RedisCluster(RedisClusterConfig {
+    let (served, reason) = start_unready(BackendConfig::RedisCluster(RedisClusterConfig {
         connect_timeout: Duration::from_millis(500),
         command_timeout: COMMAND_TIMEOUT,
         ..RedisClusterConfig::new(cluster.urls())
-    })))
+    }))
     .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "started in {:?}",
-        started.elapsed()
-    );
-    let answer = get(&served, "/profiles/alice").await;
-    assert_eq!((answer.status, answer.x_cache.as_str()), (200, "bypass"));
-    assert!(answer.took < FAST, "took {:?}", answer.took);
-    let (status, reason) = served.admin("/readyz").await;
-    assert_eq!(status, 503, "{reason}");
     assert!(reason.contains("not connected to Redis"), "{reason}");
 
     // The nodes come back with their cluster configuration (kept in their
@@ -308,14 +309,5 @@ async fn the_harness_starts_without_a_cluster_and_connects_when_it_appears() {
         node.restart();
     }
     cluster.wait_for_failover(3, 3);
-    let back = Instant::now();
-    while served.admin("/readyz").await.0 != 200 {
-        assert!(
-            back.elapsed() < RECOVERY,
-            "not ready {:?} after the cluster was back",
-            back.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_recovers(&served).await;
+    assert_ready_and_recovers(&served).await;
 }
