@@ -3,7 +3,8 @@
 
 use edge_cache_harness::backend::redis::RedisConfig;
 use edge_cache_harness::engine::{GuestLimits, new_engine};
-use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
+use edge_cache_harness::caller::{ApiKeys, digest_hex};
+use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, ServingConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,9 +14,16 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The engine every harness of this test binary shares, configured as the
-/// harness configures its own.
-pub static ENGINE: LazyLock<Engine> =
-    LazyLock::new(|| new_engine(&GuestLimits::default(), false).expect("the engine starts"));
+/// harness configures its own, with a pool large enough for every harness
+/// the tests run at once (each bounds its own instances to its
+/// `max_instances`, but they all draw on this one pool).
+pub static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
+    let limits = GuestLimits {
+        max_instances: 1000,
+        ..GuestLimits::default()
+    };
+    new_engine(&limits, false).expect("the engine starts")
+});
 
 /// The guest, compiled once per test binary.
 pub static COMPONENT: LazyLock<Component> =
@@ -205,6 +213,7 @@ pub struct Served {
     pub address: SocketAddr,
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Served {
@@ -223,7 +232,7 @@ impl Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(harness.clone().serve(listener, async {
+        let serving = tokio::spawn(harness.clone().serve(listener, async {
             let _ = stopped.await;
         }));
         Self {
@@ -231,6 +240,22 @@ impl Served {
             address,
             client: reqwest::Client::new(),
             shutdown: Some(shutdown),
+            serving: Some(serving),
+        }
+    }
+
+    /// Stops serving, as SIGTERM does: the listener closes and connections
+    /// drain.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Waits until serving has ended (after [`Self::stop`]).
+    pub async fn stopped(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            serving.await.expect("serving does not panic");
         }
     }
 
@@ -264,12 +289,30 @@ impl Drop for Served {
     }
 }
 
-/// A configuration on the given backend, everything else default.
+/// A configuration on the given backend, with the test API keys issued,
+/// everything else default.
 pub fn config(backend: BackendConfig) -> HarnessConfig {
     HarnessConfig {
         backend,
+        serving: ServingConfig {
+            api_keys: test_api_keys(),
+            ..ServingConfig::default()
+        },
         ..HarnessConfig::default()
     }
+}
+
+/// The API keys the suites send, issued as a deployment would: by digest.
+pub fn test_api_keys() -> ApiKeys {
+    let named = ["k", "k1", "k2", "k-123", "racer", "victim", "fixed-window", "sliding-window", "gcra"];
+    let survivors = (0..100).map(|n| format!("survivor-{n}"));
+    let digests: Vec<String> = named
+        .into_iter()
+        .map(str::to_owned)
+        .chain(survivors)
+        .map(|key| digest_hex(key.as_bytes()))
+        .collect();
+    ApiKeys::from_digests(digests.iter().map(String::as_str)).expect("digests parse")
 }
 
 /// Fixed windows are aligned to the wall clock: a test that must stay inside
