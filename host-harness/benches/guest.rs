@@ -172,7 +172,7 @@ impl Fixture {
         let policy = if invalid { &self.no_io } else { &self.one_get };
         let limiter = self.instance.edge_cache_rate_limit();
         let store = &mut self.store;
-        set_deadline(store, DEADLINE);
+        set_deadline(store, Instant::now() + DEADLINE);
         self.runtime.block_on(async {
             let started = Instant::now();
             for _ in 0..iterations {

@@ -15,14 +15,24 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Set (to anything) to write a perf map of the compiled guest, for profiling.
 pub const PERF_MAP_ENV: &str = "EDGE_CACHE_PERF_MAP";
 
+/// Linear-memory bytes kept resident per pool slot after its instance is
+/// dropped (when only written pages are reset): the guest's stack and the
+/// hot part of its heap.
+const KEEP_RESIDENT_MEMORY_BYTES: usize = 256 << 10;
+
 /// Table bytes kept resident per slot (when only written pages are reset).
-const KEEP_RESIDENT_TABLE_BYTES: usize = 1 << 20;
+const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
 
 /// Requests an instance serves by default. A fresh instance per request
 /// costs more than the rest of a cached lookup (instantiation, then resetting
 /// and returning its memory); a bounded number of uses amortises that while
 /// no instance lives long.
 pub const DEFAULT_INSTANCE_REUSE: u32 = 100;
+
+/// How long an unused warm instance is kept by default: long enough to
+/// carry steady load from one request to the next, short enough that the
+/// memory of a burst's instances comes back within seconds.
+pub const DEFAULT_WARM_IDLE: Duration = Duration::from_secs(2);
 
 /// What one request's instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,15 +47,19 @@ pub struct GuestLimits {
     /// Requests one instance serves, one after another, before it is
     /// dropped; 1 gives every request a fresh instance.
     pub instance_reuse: u32,
+    /// How long an instance stays warm without a request before it is
+    /// dropped and its memory returned.
+    pub warm_idle: Duration,
 }
 
 impl Default for GuestLimits {
     fn default() -> Self {
         Self {
-            memory_bytes: 64 << 20,
+            memory_bytes: 16 << 20,
             request_timeout: Duration::from_secs(10),
-            max_instances: 1000,
+            max_instances: 128,
             instance_reuse: DEFAULT_INSTANCE_REUSE,
+            warm_idle: DEFAULT_WARM_IDLE,
         }
     }
 }
@@ -59,15 +73,18 @@ pub fn new_engine(limits: &GuestLimits, cache_compiled_code: bool) -> wasmtime::
         .total_memories(limits.max_instances.saturating_mul(2))
         .total_tables(limits.max_instances.saturating_mul(4))
         .max_memory_size(limits.memory_bytes);
-    // An instance lives for one request, so what its slot costs to reuse is
-    // paid on every request. By default a used slot's pages go back to the
-    // kernel (madvise, with a TLB shootdown across cores) and fault in again
-    // on the next request. Where the kernel can list the pages an instance
-    // wrote (PAGEMAP_SCAN, Linux 6.7+), only those are reset, in place, and
-    // the slot stays resident: no syscall per page, no fault.
+    // A slot's pages go back to the kernel when its instance is dropped
+    // (madvise, then a fault per page on the slot's next use), except the
+    // first `KEEP_RESIDENT_MEMORY_BYTES`: where the kernel can list the pages
+    // an instance wrote (PAGEMAP_SCAN, Linux 6.7+), those are reset in place
+    // and stay resident. Kept small on purpose: every slot a burst used
+    // keeps that much after the burst (128 slots x 256 KiB = 32 MiB at the
+    // defaults), and with instances reused for up to `--instance-reuse`
+    // requests, a slot is recycled rarely enough that the faults do not
+    // show on the hot path.
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         pool.pagemap_scan(Enabled::Yes)
-            .linear_memory_keep_resident(limits.memory_bytes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES.min(limits.memory_bytes))
             .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
     }
 
@@ -106,10 +123,9 @@ pub fn new_engine(limits: &GuestLimits, cache_compiled_code: bool) -> wasmtime::
     Ok(engine)
 }
 
-/// Arms `store` with a deadline `timeout` from now: the guest yields to the
+/// Arms `store` with the request's deadline: the guest yields to the
 /// executor every tick and is interrupted (a trap) once the deadline passes.
-pub fn set_deadline<T>(store: &mut wasmtime::Store<T>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+pub fn set_deadline<T>(store: &mut wasmtime::Store<T>, deadline: Instant) {
     store.epoch_deadline_callback(move |_| {
         Ok(if Instant::now() >= deadline {
             UpdateDeadline::Interrupt

@@ -5,13 +5,16 @@
 pub mod backend;
 pub mod bindings;
 pub mod cache;
+pub mod caller;
 pub mod compose;
 pub mod engine;
 pub mod host;
+pub mod listener;
 pub mod metrics;
+pub mod overload;
 pub mod server;
 
 /// The profile origin this harness serves to the guest.
 pub use edge_cache_origin as origin;
 
-pub use server::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, StartupError};
+pub use server::{BUILT_GUEST, BackendConfig, BodyLimits, Harness, HarnessConfig, ServingConfig, StartupError};

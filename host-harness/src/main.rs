@@ -6,9 +6,13 @@ use edge_cache_guest::config as guest;
 use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::compose;
+use edge_cache_harness::caller::{ApiKeys, TrustedProxies, digest_hex, parse_network};
 use edge_cache_harness::engine::{DEFAULT_INSTANCE_REUSE, GuestLimits};
+use edge_cache_harness::listener::{self, ConnectionLimits};
+use edge_cache_harness::overload::QueueLimits;
+use ipnet::IpNet;
 use edge_cache_harness::origin::OriginConfig;
-use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
+use edge_cache_harness::{BUILT_GUEST, BackendConfig, BodyLimits, Harness, HarnessConfig, ServingConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +34,9 @@ struct Cli {
 enum Command {
     /// Serve the edge function over HTTP.
     Serve(Box<ServeArgs>),
+    /// Print the SHA-256 digest of an API key read from standard input, as
+    /// `--api-key-sha256` and `--api-keys-file` take it.
+    ApiKeyDigest,
     /// Compose an app with the edge function: plug the exports of `--plug`
     /// components into the app's imports (as `wac plug` does).
     Compose(ComposeArgs),
@@ -172,8 +179,8 @@ struct ServeArgs {
     #[arg(long, env = guest::RATE_LIMITS)]
     rate_limits: Option<String>,
 
-    /// Linear memory each request's instance may use, e.g. 64MB.
-    #[arg(long, env = "EDGE_CACHE_GUEST_MEMORY", default_value = "64MB", value_parser = parse_size)]
+    /// Linear memory each request's instance may use, e.g. 16MB.
+    #[arg(long, env = "EDGE_CACHE_GUEST_MEMORY", default_value = "16MB", value_parser = parse_size)]
     guest_memory: u64,
 
     /// Time one request may take, in milliseconds; past it the guest is
@@ -181,9 +188,65 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
 
-    /// Requests served at once (the size of the instance pool).
-    #[arg(long, env = "EDGE_CACHE_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Requests served at once (the size of the instance pool). Peak guest
+    /// memory is at most this times --guest-memory.
+    #[arg(long, env = "EDGE_CACHE_MAX_INSTANCES", default_value_t = GuestLimits::default().max_instances, value_parser = clap::value_parser!(u32).range(1..))]
     max_instances: u32,
+
+    /// Requests that may wait for a busy instance; past it, requests get a
+    /// 503 with Retry-After at once.
+    #[arg(long, env = "EDGE_CACHE_MAX_QUEUED", default_value_t = QueueLimits::default().max_queued)]
+    max_queued: usize,
+
+    /// Longest a request waits for an instance before it gets a 503, in
+    /// milliseconds.
+    #[arg(long, env = "EDGE_CACHE_QUEUE_TIMEOUT_MS", default_value_t = QueueLimits::default().queue_timeout.as_millis() as u64)]
+    queue_timeout_ms: u64,
+
+    /// Client connections open at once (lowered to fit the open-files
+    /// limit); at the bound, connections still sending a request head give
+    /// way to new ones.
+    #[arg(long, env = "EDGE_CACHE_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+
+    /// Time a connection has to send a complete request head, in
+    /// milliseconds.
+    #[arg(long, env = "EDGE_CACHE_HEADER_READ_TIMEOUT_MS", default_value_t = ConnectionLimits::default().header_read_timeout.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_ms: u64,
+
+    /// Time an idle keep-alive connection is kept open, in milliseconds.
+    #[arg(long, env = "EDGE_CACHE_KEEP_ALIVE_TIMEOUT_MS", default_value_t = ConnectionLimits::default().keep_alive_timeout.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_alive_timeout_ms: u64,
+
+    /// The largest request body, e.g. 1MB; larger ones get a 413.
+    #[arg(long, env = "EDGE_CACHE_MAX_REQUEST_BODY", default_value = "1MB", value_parser = parse_size)]
+    max_request_body: u64,
+
+    /// Request body bytes held at once across all requests, e.g. 64MB;
+    /// past it, requests with bodies wait, then get a 503.
+    #[arg(long, env = "EDGE_CACHE_REQUEST_BODY_BUDGET", default_value = "64MB", value_parser = parse_size)]
+    request_body_budget: u64,
+
+    /// On SIGTERM or SIGINT, how long requests in flight are waited for,
+    /// in milliseconds.
+    #[arg(long, env = "EDGE_CACHE_SHUTDOWN_TIMEOUT_MS", default_value_t = ConnectionLimits::default().shutdown_timeout.as_millis() as u64)]
+    shutdown_timeout_ms: u64,
+
+    /// A proxy (address or CIDR network) whose Forwarded / X-Forwarded-For
+    /// headers name the client; repeatable. Without one, the client is
+    /// always the connection's peer.
+    #[arg(long = "trusted-proxy", env = "EDGE_CACHE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    trusted_proxies: Vec<IpNet>,
+
+    /// The SHA-256 digest (hex) of an API key this deployment issued;
+    /// repeatable. Requests with any other x-api-key get a 401.
+    #[arg(long = "api-key-sha256", env = "EDGE_CACHE_API_KEY_SHA256S", value_delimiter = ',', hide_env_values = true)]
+    api_key_digests: Vec<String>,
+
+    /// A file of issued API key digests, one SHA-256 hex digest a line
+    /// (`#` comments allowed).
+    #[arg(long, env = "EDGE_CACHE_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
 
     /// Requests one instance serves, one at a time, before it is replaced
     /// by a fresh one; 1 gives every request a fresh instance. An instance
@@ -278,8 +341,30 @@ impl ServeArgs {
         }
     }
 
-    fn harness_config(&self) -> HarnessConfig {
-        HarnessConfig {
+    fn harness_config(&self) -> anyhow::Result<HarnessConfig> {
+        let mut api_keys = ApiKeys::from_digests(self.api_key_digests.iter().map(String::as_str))
+            .context("invalid --api-key-sha256")?;
+        if let Some(path) = &self.api_keys_file {
+            api_keys.add_file(path).context("invalid --api-keys-file")?;
+        }
+        let open_files = match listener::raise_open_files_limit() {
+            Ok(limit) => limit,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the open-files limit");
+                u64::MAX
+            }
+        };
+        let asked = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        let max_connections = listener::fit_to_open_files(asked, open_files);
+        if max_connections < asked {
+            tracing::warn!(
+                asked,
+                max_connections,
+                open_files,
+                "the open-files limit lowers the connection bound (raise `ulimit -n` for more)"
+            );
+        }
+        Ok(HarnessConfig {
             component: self.component.clone(),
             backend: self.backend_config(),
             namespace: self.namespace.clone(),
@@ -297,8 +382,27 @@ impl ServeArgs {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
                 max_instances: self.max_instances,
                 instance_reuse: self.instance_reuse,
+                ..GuestLimits::default()
             },
-        }
+            serving: ServingConfig {
+                connections: ConnectionLimits {
+                    max_connections,
+                    header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                    keep_alive_timeout: Duration::from_millis(self.keep_alive_timeout_ms),
+                    shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+                },
+                queue: QueueLimits {
+                    max_queued: self.max_queued,
+                    queue_timeout: Duration::from_millis(self.queue_timeout_ms),
+                },
+                bodies: BodyLimits {
+                    max_body_bytes: usize::try_from(self.max_request_body).unwrap_or(usize::MAX),
+                    budget_bytes: usize::try_from(self.request_body_budget).unwrap_or(usize::MAX),
+                },
+                trusted_proxies: TrustedProxies::new(self.trusted_proxies.clone()),
+                api_keys,
+            },
+        })
     }
 }
 
@@ -306,6 +410,16 @@ impl ServeArgs {
 async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
         Command::Serve(args) => args,
+        Command::ApiKeyDigest => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("cannot read the key from standard input")?;
+            let key = key.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{}", digest_hex(key.as_bytes()));
+            return Ok(());
+        }
         Command::Compose(args) => {
             let plugs: Vec<&std::path::Path> = args.plugs.iter().map(PathBuf::as_path).collect();
             let composed = compose::plug(&args.app, &plugs)?;
@@ -321,7 +435,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
 
-    let config = args.harness_config();
+    let config = args.harness_config()?;
     let store = match &config.backend {
         BackendConfig::Redis(redis) => format!("Redis at {}", redact_url(&redis.url)),
         BackendConfig::RedisCluster(cluster) => {
@@ -358,15 +472,27 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(
+            signal,
+            timeout = ?config.serving.connections.shutdown_timeout,
+            "shutting down: no new connections; requests in flight finish"
+        );
         let _ = stop.send(true);
     });
-    harness.serve(listener, until_stopped()).await;
+    harness.clone().serve(listener, until_stopped()).await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    // Closes the Redis connections (and everything else the harness holds).
+    drop(harness);
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use crate::listener::ConnectionMetrics;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +88,18 @@ pub struct Metrics {
     pub cache_hit_ratio: Gauge<f64, AtomicU64>,
     /// Shared with the host side of `edge:cache/telemetry`, which counts.
     pub rate_limit_decisions: Family<DecisionLabels, Counter>,
+    /// Requests answered 503 for overload (no instance in time, or no room
+    /// for their body).
+    pub requests_shed: Counter,
+    connections_closed: Family<ReasonLabels, Counter>,
+    connections_open: Gauge,
+    requests_queued: Gauge,
+    instances_warm: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -99,8 +112,38 @@ impl Metrics {
             cache_lookups: Family::default(),
             cache_hit_ratio: Gauge::default(),
             rate_limit_decisions: Family::default(),
+            requests_shed: Counter::default(),
+            connections_closed: Family::default(),
+            connections_open: Gauge::default(),
+            requests_queued: Gauge::default(),
+            instances_warm: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "requests_shed",
+            "Requests answered 503 because every instance was busy past the queue's bounds",
+            metrics.requests_shed.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the harness closed (header-timeout, idle-timeout, evicted at the connection bound, accept-error)",
+            metrics.connections_closed.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "requests_queued",
+            "Requests waiting for an instance",
+            metrics.requests_queued.clone(),
+        );
+        registry.register(
+            "instances_warm",
+            "Instances kept warm between requests",
+            metrics.instances_warm.clone(),
+        );
         registry.register(
             "http_responses",
             "HTTP responses by status code",
@@ -155,6 +198,41 @@ impl Metrics {
         let served = count("hit") + count("stale");
         let total = served + count("miss") + count("bypass");
         self.cache_hit_ratio.set(served / total);
+    }
+
+    /// The counters the connection bounds report into.
+    pub fn connection_metrics(&self) -> ConnectionMetrics {
+        let closed = |reason| self.connections_closed.get_or_create(&ReasonLabels { reason }).clone();
+        ConnectionMetrics {
+            header_timeouts: closed("header-timeout"),
+            idle_timeouts: closed("idle-timeout"),
+            evictions: closed("evicted"),
+            accept_errors: closed("accept-error"),
+        }
+    }
+
+    /// Counters nobody scrapes (the admin listener's own connections).
+    pub fn unregistered_connection_metrics() -> ConnectionMetrics {
+        ConnectionMetrics {
+            header_timeouts: Counter::default(),
+            idle_timeouts: Counter::default(),
+            evictions: Counter::default(),
+            accept_errors: Counter::default(),
+        }
+    }
+
+    /// Counts a response the harness gave without running the edge
+    /// function (a bad request, an unknown key, overload).
+    pub fn observe_rejection(&self, status: u16) {
+        self.responses.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// Samples the gauges read at scrape time.
+    pub fn set_gauges(&self, connections: usize, queued: usize, warm: usize) {
+        let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.connections_open.set(gauge(connections));
+        self.requests_queued.set(gauge(queued));
+        self.instances_warm.set(gauge(warm));
     }
 
     /// The OpenMetrics text exposition.

@@ -7,24 +7,23 @@ use crate::backend::memory::{DEFAULT_MAX_MEMORY, MemoryBackend};
 use crate::backend::redis::{ConnectError, RedisBackend, RedisClusterConfig, RedisConfig};
 use crate::bindings::{EdgeFunction, EdgeFunctionPre};
 use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
+use crate::caller::{ApiKeys, TrustedProxies};
 use crate::engine::{GuestLimits, new_engine, set_deadline};
 use crate::host::{self, EdgeCtx, EdgeState, HttpHooks};
+use crate::listener::{self, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginConfig, OriginError};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use crate::overload::{Admission, BodyBudget, InstancePermit, QueueLimits, Summary};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::Instant;
 use thiserror::Error;
-use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtx;
@@ -40,6 +39,7 @@ pub const BUILT_GUEST: &str = env!("EDGE_CACHE_GUEST");
 /// constant: one contract); always set by the harness, never taken from the
 /// client.
 pub use edge_cache_guest::http::CLIENT_IP_HEADER;
+use edge_cache_guest::http::API_KEY_HEADER;
 
 /// Where the cache keeps its data.
 #[derive(Debug, Clone)]
@@ -84,6 +84,41 @@ pub struct HarnessConfig {
     pub guest_env: Vec<(String, String)>,
     /// What each request's instance may use.
     pub guest_limits: GuestLimits,
+    /// What requests and connections may hold, and who is believed.
+    pub serving: ServingConfig,
+}
+
+/// How the harness faces its clients: bounds on connections, request bodies
+/// and waiting, and whose word it takes for the caller's identity.
+#[derive(Debug, Clone, Default)]
+pub struct ServingConfig {
+    pub connections: ConnectionLimits,
+    pub queue: QueueLimits,
+    pub bodies: BodyLimits,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// The API keys the deployment issued (digests).
+    pub api_keys: ApiKeys,
+}
+
+/// Request bodies are received by the harness before an instance is spent
+/// on them, so a client that sends slowly holds a connection, not an
+/// instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// The largest request body; larger ones get a 413.
+    pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, across all requests.
+    pub budget_bytes: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            budget_bytes: 64 << 20,
+        }
+    }
 }
 
 impl Default for HarnessConfig {
@@ -96,6 +131,7 @@ impl Default for HarnessConfig {
             origin: OriginConfig::default(),
             guest_env: Vec::new(),
             guest_limits: GuestLimits::default(),
+            serving: ServingConfig::default(),
         }
     }
 }
@@ -131,6 +167,11 @@ pub struct Harness {
     limits: GuestLimits,
     metrics: Metrics,
     warm: Arc<WarmPool>,
+    admission: Admission,
+    bodies: BodyBudget,
+    serving: ServingConfig,
+    shed: Summary,
+    connections: Arc<Connections>,
 }
 
 /// An instance between two requests.
@@ -139,6 +180,8 @@ struct WarmInstance {
     proxy: Proxy,
     /// Requests it has served.
     served: u32,
+    /// When it went back to the pool.
+    idle_since: Instant,
 }
 
 /// Instances that served a request cleanly and may serve another, one
@@ -154,8 +197,28 @@ impl WarmPool {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
 
-    fn put(&self, instance: WarmInstance) {
+    fn put(&self, mut instance: WarmInstance) {
+        instance.idle_since = Instant::now();
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push(instance);
+    }
+
+    /// Drops the instances idle since before `cutoff`, and their memory with
+    /// them: after a burst, the pool shrinks back to what the load uses.
+    /// Instances are taken from the most recent end, so the idle ones are
+    /// at the other.
+    fn trim(&self, cutoff: Instant) -> usize {
+        let expired: Vec<WarmInstance> = {
+            let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let idle = pool.iter().take_while(|instance| instance.idle_since < cutoff).count();
+            pool.drain(..idle).collect()
+        };
+        // Stores are dropped outside the lock: returning their memory is
+        // the slow part.
+        expired.len()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
@@ -200,9 +263,18 @@ impl Harness {
         let http = ProxyPre::new(instance_pre.clone()).map_err(mismatch)?;
         let exports = EdgeFunctionPre::new(instance_pre).ok();
         let metrics = Metrics::new(cache.metrics(), origin.read_counter());
+        let serving = config.serving.clone();
         Ok(Self {
             http,
             exports,
+            admission: Admission::new(config.guest_limits.max_instances, serving.queue),
+            bodies: BodyBudget::new(serving.bodies.budget_bytes),
+            shed: Summary::new(
+                "shed requests: every instance busy and the wait queue full or too slow (answered 503)",
+                metrics.requests_shed.clone(),
+            ),
+            connections: Arc::new(Connections::new(serving.connections, metrics.connection_metrics())),
+            serving,
             edge: EdgeCtx {
                 cache,
                 origin,
@@ -213,6 +285,16 @@ impl Harness {
             limits: config.guest_limits,
             warm: Arc::default(),
         })
+    }
+
+    /// Instances kept warm between requests now.
+    pub fn warm_instances(&self) -> usize {
+        self.warm.len()
+    }
+
+    /// The open connections of [`Self::serve`].
+    pub fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     pub fn cache(&self) -> &Cache {
@@ -227,7 +309,7 @@ impl Harness {
         &self.metrics
     }
 
-    fn new_store(&self) -> Store<EdgeState> {
+    fn new_store(&self, deadline: Instant) -> Store<EdgeState> {
         let wasi = WasiCtx::builder().inherit_stderr().envs(&self.guest_env).build();
         let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build();
         let state = EdgeState {
@@ -240,7 +322,7 @@ impl Harness {
         };
         let mut store = Store::new(self.http.engine(), state);
         store.limiter(|state| &mut state.limits);
-        set_deadline(&mut store, self.limits.request_timeout);
+        set_deadline(&mut store, deadline);
         store
     }
 
@@ -250,38 +332,22 @@ impl Harness {
         let Some(exports) = &self.exports else {
             wasmtime::bail!("this component does not export the whole edge-function world");
         };
-        let mut store = self.new_store();
+        let mut store = self.new_store(Instant::now() + self.limits.request_timeout);
         let instance = exports.instantiate_async(&mut store).await?;
         Ok((store, instance))
     }
 
-    /// Serves one HTTP request from `client`, with a warm instance if one is
-    /// free and a fresh one otherwise.
-    pub async fn handle(
-        &self,
-        mut request: hyper::Request<Incoming>,
-        client: IpAddr,
-    ) -> hyper::Response<HyperOutgoingBody> {
-        let client_ip = HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
-        request.headers_mut().insert(CLIENT_IP_HEADER, client_ip);
-        let response = match self.run_guest(request).await {
+    /// Serves one HTTP request from `peer`: checks what it claims, receives
+    /// its body, waits its turn for an instance and runs the edge function,
+    /// all within one deadline (`--request-timeout-ms`) from the moment its
+    /// head was read.
+    pub async fn handle(&self, request: hyper::Request<Incoming>, peer: IpAddr) -> hyper::Response<HyperOutgoingBody> {
+        let deadline = Instant::now() + self.limits.request_timeout;
+        let response = match self.serve_request(request, peer, deadline).await {
             Ok(response) => response,
-            Err(error) if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
-                tracing::error!(timeout = ?self.limits.request_timeout, "edge function stopped at its deadline");
-                let detail = format!(
-                    "the edge function did not finish within {:?}",
-                    self.limits.request_timeout
-                );
-                problem(504, "deadline-exceeded", "Edge function timed out", &detail)
-            }
-            Err(error) => {
-                tracing::error!(error = %format!("{error:#}"), "edge function failed");
-                problem(
-                    500,
-                    "guest-failure",
-                    "Edge function failed",
-                    "the edge function failed; see the harness log",
-                )
+            Err(rejected) => {
+                self.metrics.observe_rejection(rejected.status().as_u16());
+                return rejected;
             }
         };
         let x_cache = response.headers().get("x-cache").and_then(|value| value.to_str().ok());
@@ -290,22 +356,149 @@ impl Harness {
         response
     }
 
-    async fn run_guest(
+    /// The edge function's answer, or the harness's own when the request
+    /// never reached it (`Err`).
+    async fn serve_request(
         &self,
         request: hyper::Request<Incoming>,
+        peer: IpAddr,
+        deadline: Instant,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, hyper::Response<HyperOutgoingBody>> {
+        check_host(&request)?;
+        if let Some(key) = request.headers().get(API_KEY_HEADER)
+            && !self.serving.api_keys.issued(key.as_bytes())
+        {
+            let mut response = problem(
+                401,
+                "unknown-api-key",
+                "Unknown API key",
+                "the x-api-key header holds a key this deployment did not issue; send an issued key, or none",
+            );
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey realm=\"edge-cache\""));
+            return Err(response);
+        }
+        let client = self.serving.trusted_proxies.client_address(peer, request.headers());
+        let (mut parts, body) = request.into_parts();
+        let client_ip = HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
+        parts.headers.insert(CLIENT_IP_HEADER, client_ip);
+        let (body, _body_budget) = self.receive_body(&parts.headers, body, deadline).await?;
+        let request = hyper::Request::from_parts(parts, body);
+
+        let permit = match self.admission.admit(deadline).await {
+            Ok(permit) => permit,
+            Err(shed) => {
+                self.shed.note();
+                tracing::debug!(reason = shed.as_str(), "request shed");
+                return Err(overloaded("every instance is busy; retry shortly"));
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), self.run_guest(request, permit, deadline)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
+                Ok(self.deadline_exceeded())
+            }
+            // Waiting on a host call (the cache, the origin) at the deadline:
+            // the instance is dropped with the future.
+            Err(_elapsed) => Ok(self.deadline_exceeded()),
+            Ok(Err(error)) => {
+                tracing::error!(error = %format!("{error:#}"), "edge function failed");
+                Ok(problem(
+                    500,
+                    "guest-failure",
+                    "Edge function failed",
+                    "the edge function failed; see the harness log",
+                ))
+            }
+        }
+    }
+
+    fn deadline_exceeded(&self) -> hyper::Response<HyperOutgoingBody> {
+        tracing::error!(timeout = ?self.limits.request_timeout, "edge function stopped at its deadline");
+        let detail = format!(
+            "the edge function did not finish within {:?}",
+            self.limits.request_timeout
+        );
+        problem(504, "deadline-exceeded", "Edge function timed out", &detail)
+    }
+
+    /// Receives the whole request body, within the deadline and the body
+    /// limits, before any instance is spent on the request.
+    async fn receive_body(
+        &self,
+        headers: &hyper::HeaderMap,
+        body: Incoming,
+        deadline: Instant,
+    ) -> Result<(Full<Bytes>, Option<crate::overload::BodyPermit>), hyper::Response<HyperOutgoingBody>> {
+        if body.is_end_stream() {
+            return Ok((Full::default(), None));
+        }
+        let max = self.serving.bodies.max_body_bytes;
+        let too_large = || {
+            let detail = format!("request bodies are limited to {max} bytes");
+            let mut response = problem(413, "body-too-large", "Request body too large", &detail);
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            response
+        };
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > max as u64) {
+            return Err(too_large());
+        }
+        // What the body may grow to is reserved up front from the budget
+        // shared by all requests: without a length, the most it may be.
+        let reserve = declared.map_or(max, |length| length as usize);
+        let Some(permit) = self.bodies.reserve(reserve, deadline.min(Instant::now() + self.serving.queue.queue_timeout)).await else {
+            self.shed.note();
+            return Err(overloaded("too many request bodies are being received; retry shortly"));
+        };
+        let received = tokio::time::timeout_at(deadline.into(), Limited::new(body, max).collect()).await;
+        match received {
+            Ok(Ok(collected)) => Ok((Full::new(collected.to_bytes()), Some(permit))),
+            Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+            Ok(Err(_)) => Err(problem(
+                400,
+                "bad-body",
+                "Malformed request body",
+                "the request body could not be read",
+            )),
+            Err(_elapsed) => {
+                let detail = format!(
+                    "the request body did not arrive within {:?}",
+                    self.limits.request_timeout
+                );
+                let mut response = problem(408, "request-timeout", "Request body too slow", &detail);
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                Err(response)
+            }
+        }
+    }
+
+    async fn run_guest(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+        permit: InstancePermit,
+        deadline: Instant,
     ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
         let (mut store, warm) = match self.warm.take() {
             Some(WarmInstance {
                 mut store,
                 proxy,
                 served,
+                ..
             }) => {
                 // A fresh store is armed when made; a warm one still holds
                 // its previous request's deadline.
-                set_deadline(&mut store, self.limits.request_timeout);
+                set_deadline(&mut store, deadline);
                 (store, Some((proxy, served)))
             }
-            None => (self.new_store(), None),
+            None => (self.new_store(deadline), None),
         };
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
@@ -324,7 +517,12 @@ impl Harness {
             // Only an instance that returned cleanly serves again; one that
             // trapped, overran its deadline or failed is dropped with its store.
             let served = served + 1;
-            Ok::<_, wasmtime::Error>((served < reuse).then_some(WarmInstance { store, proxy, served }))
+            Ok::<_, wasmtime::Error>((served < reuse).then_some(WarmInstance {
+                store,
+                proxy,
+                served,
+                idle_since: Instant::now(),
+            }))
         });
         // The guest runs in this task. It hands over its response from inside
         // its own poll, so the channel is checked after each poll rather than
@@ -349,10 +547,13 @@ impl Harness {
             // its own.
             (Some(Ok(response)), Poll::Pending) => {
                 let warm = self.warm.clone();
+                // The instance stays bound by the request's deadline (and
+                // keeps its permit) while it streams.
                 tokio::spawn(async move {
-                    if let Ok(Some(instance)) = guest.await {
+                    if let Ok(Ok(Some(instance))) = tokio::time::timeout_at(deadline.into(), guest).await {
                         warm.put(instance);
                     }
+                    drop(permit);
                 });
                 Ok(response)
             }
@@ -360,6 +561,7 @@ impl Harness {
                 if let Ok(Some(instance)) = finished {
                     self.warm.put(instance);
                 }
+                drop(permit);
                 Ok(response)
             }
             (Some(Err(code)), _) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
@@ -368,24 +570,62 @@ impl Harness {
         }
     }
 
-    /// Serves the edge function on `listener` until `shutdown` completes.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        accept_loop(listener, shutdown, move |request, peer| {
+    /// Serves the edge function on `listener` until `shutdown` completes,
+    /// then drains: see [`listener`].
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
+        // Housekeeping that must not run per request: the shed summary, and
+        // instances idle past their time.
+        let housekeeping = tokio::spawn({
+            let harness = Arc::downgrade(&self);
+            async move {
+                let mut tick = tokio::time::interval(listener::REAP_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(harness) = harness.upgrade() else { return };
+                    let now = Instant::now();
+                    harness.shed.flush(now);
+                    harness.warm.trim(now.checked_sub(harness.limits.warm_idle).unwrap_or(now));
+                }
+            }
+        });
+        let connections = self.connections.clone();
+        listener::serve(listener, connections, shutdown, move |request, peer| {
             let harness = self.clone();
             async move { harness.handle(request, peer.ip()).await }
         })
         .await;
+        housekeeping.abort();
+    }
+
+    /// Whether [`Self::serve`] is draining its connections for a shutdown.
+    pub fn draining(&self) -> bool {
+        self.connections.draining()
     }
 
     /// Serves `/metrics` (OpenMetrics text), `/livez` (alias `/healthz`:
-    /// the process answers) and `/readyz` (the cache answers too) on
-    /// `listener` until `shutdown` completes.
-    pub async fn serve_admin(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        accept_loop(listener, shutdown, move |request, _| {
+    /// the process answers) and `/readyz` (the cache answers too, and the
+    /// harness is not draining) on `listener` until `shutdown` completes.
+    pub async fn serve_admin(self: Arc<Self>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
+        // The admin listener is for the platform's probes and scrapers: a
+        // small bound of its own, so the public side cannot take it.
+        let connections = Arc::new(Connections::new(
+            ConnectionLimits {
+                max_connections: 64,
+                ..self.serving.connections
+            },
+            Metrics::unregistered_connection_metrics(),
+        ));
+        listener::serve(listener, connections, shutdown, move |request, _| {
             let harness = self.clone();
             async move {
                 match request.uri().path() {
                     "/metrics" => {
+                        harness.metrics.set_gauges(
+                            harness.connections.open(),
+                            harness.admission.queued(),
+                            harness.warm.len(),
+                        );
                         let mut response = hyper::Response::new(full_body(harness.metrics.render()));
                         let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                         response
@@ -394,6 +634,9 @@ impl Harness {
                         response
                     }
                     "/livez" | "/healthz" => hyper::Response::new(full_body("ok\n")),
+                    "/readyz" if harness.draining() => {
+                        problem(503, "not-ready", "Not ready", "draining connections for a shutdown")
+                    }
                     "/readyz" => match harness.cache().backend().readiness() {
                         Ok(note) => hyper::Response::new(full_body(format!("ready: {note}\n"))),
                         Err(reason) => problem(503, "not-ready", "Not ready", &reason),
@@ -406,43 +649,24 @@ impl Harness {
     }
 }
 
-/// Accepts HTTP/1.1 connections until `shutdown` completes, answering each
-/// request with `handler`.
-async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
-where
-    F: Fn(hyper::Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = hyper::Response<HyperOutgoingBody>> + Send + 'static,
-{
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let response = handler(request, peer);
-                async move { Ok::<_, std::convert::Infallible>(response.await) }
-            });
-            if let Err(error) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
+/// A request must name its host (HTTP/1.1 requires `Host`; wasi:http hands
+/// the guest an authority).
+fn check_host<B>(request: &hyper::Request<B>) -> Result<(), hyper::Response<HyperOutgoingBody>> {
+    if request.uri().authority().is_some() {
+        return Ok(());
     }
+    match request.headers().get(HOST) {
+        Some(host) if !host.is_empty() && host.to_str().is_ok() => Ok(()),
+        Some(_) => Err(problem(400, "bad-host", "Invalid Host header", "the Host header is not a valid host name")),
+        None => Err(problem(400, "missing-host", "Missing Host header", "the request has no Host header")),
+    }
+}
+
+/// The answer to a request shed for overload: retry after a second.
+fn overloaded(detail: &str) -> hyper::Response<HyperOutgoingBody> {
+    let mut response = problem(503, "overloaded", "Overloaded", detail);
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn full_body(bytes: impl Into<Bytes>) -> HyperOutgoingBody {

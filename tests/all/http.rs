@@ -575,3 +575,17 @@ async fn metrics_match_the_requests_made() {
         assert_eq!(served.admin(path).await.0, 200, "{path}");
     }
 }
+
+/// A draining harness is not ready (the platform stops routing to it),
+/// while it is still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_harness_is_alive_but_not_ready() {
+    let mut served = Served::start(config(BackendConfig::default())).await;
+    assert_eq!(served.admin("/readyz").await.0, 200);
+    served.stop();
+    served.stopped().await;
+    let (status, reason) = served.admin("/readyz").await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("draining"), "{reason}");
+    assert_eq!(served.admin("/livez").await.0, 200);
+}

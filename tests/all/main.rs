@@ -5,6 +5,7 @@ mod cluster;
 mod component_world;
 mod composition;
 mod conformance;
+mod hostile;
 mod http;
 mod redis_faults;
 mod redis_ops;

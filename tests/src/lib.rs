@@ -3,7 +3,8 @@
 
 use edge_cache_harness::backend::redis::RedisConfig;
 use edge_cache_harness::engine::{GuestLimits, new_engine};
-use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig};
+use edge_cache_harness::caller::{ApiKeys, digest_hex};
+use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, ServingConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,9 +14,16 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The engine every harness of this test binary shares, configured as the
-/// harness configures its own.
-pub static ENGINE: LazyLock<Engine> =
-    LazyLock::new(|| new_engine(&GuestLimits::default(), false).expect("the engine starts"));
+/// harness configures its own, with a pool large enough for every harness
+/// the tests run at once (each bounds its own instances to its
+/// `max_instances`, but they all draw on this one pool).
+pub static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
+    let limits = GuestLimits {
+        max_instances: 1000,
+        ..GuestLimits::default()
+    };
+    new_engine(&limits, false).expect("the engine starts")
+});
 
 /// The guest, compiled once per test binary.
 pub static COMPONENT: LazyLock<Component> =
@@ -241,7 +249,11 @@ pub struct Served {
     /// The admin listener (`/metrics`, `/livez`, `/readyz`).
     pub admin: SocketAddr,
     pub client: reqwest::Client,
-    shutdown: Option<tokio::sync::watch::Sender<bool>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the admin listener, on drop only: it outlives [`Self::stop`],
+    /// as a platform's probes do during a drain.
+    admin_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Served {
@@ -259,23 +271,39 @@ impl Served {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(harness.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = admin_listener.local_addr().unwrap();
-        let (shutdown, stopped) = tokio::sync::watch::channel(false);
-        let until_stopped = move || {
-            let mut stopped = stopped.clone();
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            }
-        };
-        tokio::spawn(harness.clone().serve(listener, until_stopped()));
-        tokio::spawn(harness.clone().serve_admin(admin_listener, until_stopped()));
+        let (admin_shutdown, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(harness.clone().serve_admin(admin_listener, async {
+            let _ = admin_stopped.await;
+        }));
         Self {
             harness,
             address,
             admin,
             client: reqwest::Client::new(),
             shutdown: Some(shutdown),
+            serving: Some(serving),
+            admin_shutdown: Some(admin_shutdown),
+        }
+    }
+
+    /// Stops serving, as SIGTERM does: the listener closes and connections
+    /// drain.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Waits until serving has ended (after [`Self::stop`]).
+    pub async fn stopped(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            serving.await.expect("serving does not panic");
         }
     }
 
@@ -315,17 +343,38 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(true);
+            let _ = shutdown.send(());
+        }
+        if let Some(admin_shutdown) = self.admin_shutdown.take() {
+            let _ = admin_shutdown.send(());
         }
     }
 }
 
-/// A configuration on the given backend, everything else default.
+/// A configuration on the given backend, with the test API keys issued,
+/// everything else default.
 pub fn config(backend: BackendConfig) -> HarnessConfig {
     HarnessConfig {
         backend,
+        serving: ServingConfig {
+            api_keys: test_api_keys(),
+            ..ServingConfig::default()
+        },
         ..HarnessConfig::default()
     }
+}
+
+/// The API keys the suites send, issued as a deployment would: by digest.
+pub fn test_api_keys() -> ApiKeys {
+    let named = ["k", "k1", "k2", "k-123", "racer", "victim", "fixed-window", "sliding-window", "gcra"];
+    let survivors = (0..100).map(|n| format!("survivor-{n}"));
+    let digests: Vec<String> = named
+        .into_iter()
+        .map(str::to_owned)
+        .chain(survivors)
+        .map(|key| digest_hex(key.as_bytes()))
+        .collect();
+    ApiKeys::from_digests(digests.iter().map(String::as_str)).expect("digests parse")
 }
 
 /// Fixed windows are aligned to the wall clock: a test that must stay inside
