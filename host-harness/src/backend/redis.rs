@@ -330,7 +330,7 @@ struct Shared {
     command_timeout: Duration,
     scripts: Scripts,
     breakers: Breakers,
-    /// For a cluster, a key in the first slot of each breaker's range.
+    /// For a cluster, a key hashing into each breaker's slot range.
     probe_keys: Vec<String>,
     /// The URL(s), redacted, for logs and `/readyz`.
     target: String,
