@@ -243,13 +243,19 @@ mod tests {
     fn the_rightmost_untrusted_hop_is_the_client() {
         let trusted = proxies(&["10.0.0.0/8", "192.168.1.1"]);
         // The client forged 6.6.6.6; the load balancer appended the address it saw.
-        let chain = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7"), ("x-forwarded-for", "10.1.1.1")]);
+        let chain = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
         assert_eq!(trusted.client_address(ip("192.168.1.1"), &chain), ip("203.0.113.7"));
         // Every hop trusted: the leftmost stands.
         let internal = headers(&[("x-forwarded-for", "10.2.2.2, 10.1.1.1")]);
         assert_eq!(trusted.client_address(ip("10.0.0.1"), &internal), ip("10.2.2.2"));
         // No header: the peer itself.
-        assert_eq!(trusted.client_address(ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+        assert_eq!(
+            trusted.client_address(ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]
@@ -280,7 +286,10 @@ mod tests {
     fn ipv4_mapped_peers_match_ipv4_networks() {
         let trusted = proxies(&["127.0.0.1"]);
         let chain = headers(&[("x-forwarded-for", "203.0.113.9")]);
-        assert_eq!(trusted.client_address(ip("::ffff:127.0.0.1"), &chain), ip("203.0.113.9"));
+        assert_eq!(
+            trusted.client_address(ip("::ffff:127.0.0.1"), &chain),
+            ip("203.0.113.9")
+        );
     }
 
     #[test]

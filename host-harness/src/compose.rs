@@ -17,14 +17,24 @@ pub enum ComposeError {
 /// Plugs the exports of `plugs` into the matching imports of `socket` and
 /// returns the composed component, which exports what `socket` exports.
 pub fn plug(socket: &Path, plugs: &[&Path]) -> Result<Vec<u8>, ComposeError> {
-    let mut graph = CompositionGraph::new();
-    let mut register = |name: String, path: &Path| {
-        let read_error = |reason: String| ComposeError::Read {
+    let read = |path: &&Path| {
+        std::fs::read(path).map_err(|error| ComposeError::Read {
             path: path.display().to_string(),
-            reason,
-        };
-        let package =
-            Package::from_file(&name, None, path, graph.types_mut()).map_err(|e| read_error(format!("{e:#}")))?;
+            reason: error.to_string(),
+        })
+    };
+    let plugs = plugs.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+    plug_bytes(&read(&socket)?, &plugs)
+}
+
+/// [`plug`], with the components' bytes (e.g. the embedded edge function).
+pub fn plug_bytes(socket: &[u8], plugs: &[Vec<u8>]) -> Result<Vec<u8>, ComposeError> {
+    let mut graph = CompositionGraph::new();
+    let mut register = |name: String, bytes: &[u8]| {
+        let package = Package::from_bytes(&name, None, bytes, graph.types_mut()).map_err(|e| ComposeError::Read {
+            path: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
         graph
             .register_package(package)
             .map_err(|e| ComposeError::Compose(e.to_string()))
@@ -33,7 +43,7 @@ pub fn plug(socket: &Path, plugs: &[&Path]) -> Result<Vec<u8>, ComposeError> {
     let plugs = plugs
         .iter()
         .enumerate()
-        .map(|(index, path)| register(format!("compose:plug{index}"), path))
+        .map(|(index, bytes)| register(format!("compose:plug{index}"), bytes))
         .collect::<Result<Vec<_>, _>>()?;
     wac_graph::plug(&mut graph, plugs, socket)
         .map_err(|e| ComposeError::Compose(format!("{:#}", anyhow::Error::from(e))))?;

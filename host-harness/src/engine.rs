@@ -18,7 +18,7 @@ pub const PERF_MAP_ENV: &str = "EDGE_CACHE_PERF_MAP";
 /// Linear-memory bytes kept resident per pool slot after its instance is
 /// dropped (when only written pages are reset): the guest's stack and the
 /// hot part of its heap.
-const KEEP_RESIDENT_MEMORY_BYTES: usize = 256 << 10;
+const KEEP_RESIDENT_MEMORY_BYTES: usize = 64 << 10;
 
 /// Table bytes kept resident per slot (when only written pages are reset).
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
@@ -78,7 +78,7 @@ pub fn new_engine(limits: &GuestLimits, cache_compiled_code: bool) -> wasmtime::
     // first `KEEP_RESIDENT_MEMORY_BYTES`: where the kernel can list the pages
     // an instance wrote (PAGEMAP_SCAN, Linux 6.7+), those are reset in place
     // and stay resident. Kept small on purpose: every slot a burst used
-    // keeps that much after the burst (128 slots x 256 KiB = 32 MiB at the
+    // keeps that much after the burst (128 slots x 64 KiB = 8 MiB at the
     // defaults), and with instances reused for up to `--instance-reuse`
     // requests, a slot is recycled rarely enough that the faults do not
     // show on the hot path.

@@ -17,4 +17,6 @@ pub mod server;
 /// The profile origin this harness serves to the guest.
 pub use edge_cache_origin as origin;
 
-pub use server::{BUILT_GUEST, BackendConfig, BodyLimits, Harness, HarnessConfig, ServingConfig, StartupError};
+pub use server::{
+    BUILT_GUEST, BackendConfig, BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig, StartupError,
+};

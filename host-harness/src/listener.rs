@@ -39,6 +39,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 /// How often connections are checked for timeouts (their granularity).
 pub const REAP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The largest request head (request line and headers) a connection may
+/// send, as nginx's `large_client_header_buffers` (4 × 8k) bounds it.
+pub const MAX_HEAD_BYTES: usize = 32 << 10;
+
 /// File descriptors kept back from connections for everything else the
 /// process opens (Redis connections, the origin, the admin listener, logs).
 const RESERVED_FDS: u64 = 64;
@@ -456,7 +460,9 @@ pub async fn serve<F, Fut>(
                     async move {
                         let mut response = response.await;
                         if connections.draining() {
-                            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                            response
+                                .headers_mut()
+                                .insert(CONNECTION, HeaderValue::from_static("close"));
                         }
                         conn.enter(Phase::Idle, connections.now());
                         Ok::<_, std::convert::Infallible>(response)
@@ -465,6 +471,9 @@ pub async fn serve<F, Fut>(
             };
             let connection = http1::Builder::new()
                 .keep_alive(true)
+                // Bounds what one connection's head may hold (hyper's
+                // default is ~400 KiB): past it, hyper answers 431 itself.
+                .max_buf_size(MAX_HEAD_BYTES)
                 // The reaper enforces the header-read timeout.
                 .header_read_timeout(None)
                 .serve_connection(TokioIo::new(io), service);

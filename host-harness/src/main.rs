@@ -5,14 +5,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_cache_guest::config as guest;
 use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
 use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
-use edge_cache_harness::compose;
 use edge_cache_harness::caller::{ApiKeys, TrustedProxies, digest_hex, parse_network};
+use edge_cache_harness::compose;
 use edge_cache_harness::engine::{DEFAULT_INSTANCE_REUSE, GuestLimits};
 use edge_cache_harness::listener::{self, ConnectionLimits};
-use edge_cache_harness::overload::QueueLimits;
-use ipnet::IpNet;
 use edge_cache_harness::origin::OriginConfig;
-use edge_cache_harness::{BUILT_GUEST, BackendConfig, BodyLimits, Harness, HarnessConfig, ServingConfig};
+use edge_cache_harness::overload::QueueLimits;
+use edge_cache_harness::{BackendConfig, BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig};
+use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,8 +46,9 @@ enum Command {
 struct ComposeArgs {
     /// The component whose imports are satisfied (e.g. an edge-app).
     app: PathBuf,
-    /// A component whose exports satisfy them; defaults to the built guest.
-    #[arg(long = "plug", default_value = BUILT_GUEST)]
+    /// A component whose exports satisfy them (repeatable); defaults to the
+    /// edge function embedded in this binary.
+    #[arg(long = "plug")]
     plugs: Vec<PathBuf>,
     /// Where to write the composed component.
     #[arg(short, long)]
@@ -65,9 +66,10 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
 
-    /// The edge function component; defaults to the guest built with this binary.
-    #[arg(long, env = "EDGE_CACHE_COMPONENT", default_value = BUILT_GUEST)]
-    component: PathBuf,
+    /// The edge function component (.wasm); without it, the edge function
+    /// embedded in this binary.
+    #[arg(long, env = "EDGE_CACHE_COMPONENT")]
+    component: Option<PathBuf>,
 
     /// Redis to use as the cache, e.g. redis://user:password@host:6379/0 or
     /// rediss://… for TLS. Without it, the embedded in-memory cache is used.
@@ -240,7 +242,12 @@ struct ServeArgs {
 
     /// The SHA-256 digest (hex) of an API key this deployment issued;
     /// repeatable. Requests with any other x-api-key get a 401.
-    #[arg(long = "api-key-sha256", env = "EDGE_CACHE_API_KEY_SHA256S", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key-sha256",
+        env = "EDGE_CACHE_API_KEY_SHA256S",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     api_key_digests: Vec<String>,
 
     /// A file of issued API key digests, one SHA-256 hex digest a line
@@ -265,21 +272,25 @@ enum LogFormat {
     Json,
 }
 
-/// Parses `64MB`, `512KiB`, `1G`, `1048576` into bytes (KB/MB/GB are powers of
-/// 1024, as in Redis' `maxmemory`).
+/// Parses a size as Redis parses `maxmemory`: a plain number is bytes, `k`,
+/// `m` and `g` are powers of 1000 and `kb`, `mb` and `gb` powers of 1024, in
+/// any case. `KiB`, `MiB` and `GiB` are accepted too, as powers of 1024.
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a size like 64MB"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        .map_err(|_| format!("{text:?} is not a size like 64mb"))?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use KB, MB or GB)")),
+        "k" => 1_000,
+        "kb" | "kib" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" | "mib" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (as Redis: k, kb, m, mb, g, gb)")),
     };
     match number.checked_mul(multiplier) {
         Some(0) | None => Err(format!("{text:?} is not a usable size")),
@@ -421,8 +432,12 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Compose(args) => {
-            let plugs: Vec<&std::path::Path> = args.plugs.iter().map(PathBuf::as_path).collect();
-            let composed = compose::plug(&args.app, &plugs)?;
+            let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+            let mut plugs = args.plugs.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+            if plugs.is_empty() {
+                plugs.push(EMBEDDED_GUEST.to_vec());
+            }
+            let composed = compose::plug_bytes(&read(&args.app)?, &plugs)?;
             std::fs::write(&args.output, composed)
                 .with_context(|| format!("cannot write {}", args.output.display()))?;
             println!("wrote {}", args.output.display());
@@ -450,7 +465,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(
         address = %listener.local_addr()?,
-        component = %config.component.display(),
+        component = %config.component.as_deref().map_or("(embedded)".into(), |path| path.display().to_string()),
         namespace = %config.namespace,
         "serving the edge function with {store}; try GET /profiles/alice"
     );
@@ -472,8 +487,8 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot handle SIGTERM")?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot handle SIGTERM")?;
     tokio::spawn(async move {
         let signal = tokio::select! {
             _ = tokio::signal::ctrl_c() => "SIGINT",
@@ -517,12 +532,18 @@ mod tests {
 
     #[test]
     fn sizes_parse_like_redis_maxmemory() {
+        // Redis' own table (redis.conf): 1k => 1000, 1kb => 1024, ...
+        assert_eq!(parse_size("1k"), Ok(1000));
+        assert_eq!(parse_size("1kb"), Ok(1024));
+        assert_eq!(parse_size("1m"), Ok(1_000_000));
+        assert_eq!(parse_size("1mb"), Ok(1 << 20));
+        assert_eq!(parse_size("1g"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1gb"), Ok(1 << 30));
         assert_eq!(parse_size("64MB"), Ok(64 << 20));
-        assert_eq!(parse_size("16mb"), Ok(16 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1G"), Ok(1_000_000_000));
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("1000"), Ok(1000));
-        for bad in ["", "MB", "0", "12XB", "-5MB", "99999999999GB"] {
+        for bad in ["", "MB", "0", "12XB", "-5MB", "99999999999GB", "1 mb"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

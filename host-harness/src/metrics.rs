@@ -1,6 +1,7 @@
 //! Prometheus metrics (OpenMetrics text), served on the admin listener.
 
 use crate::backend::breaker::BreakerGauges;
+use crate::listener::ConnectionMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -8,7 +9,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
-use crate::listener::ConnectionMetrics;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +91,8 @@ pub struct Metrics {
     /// Requests answered 503 for overload (no instance in time, or no room
     /// for their body).
     pub requests_shed: Counter,
+    /// Requests the edge function failed (500) or ran past its deadline (504).
+    pub guest_failures: Counter,
     connections_closed: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
     requests_queued: Gauge,
@@ -113,6 +115,7 @@ impl Metrics {
             cache_hit_ratio: Gauge::default(),
             rate_limit_decisions: Family::default(),
             requests_shed: Counter::default(),
+            guest_failures: Counter::default(),
             connections_closed: Family::default(),
             connections_open: Gauge::default(),
             requests_queued: Gauge::default(),
@@ -123,6 +126,11 @@ impl Metrics {
             "requests_shed",
             "Requests answered 503 because every instance was busy past the queue's bounds",
             metrics.requests_shed.clone(),
+        );
+        registry.register(
+            "guest_failures",
+            "Requests the edge function failed (500) or ran past its deadline (504)",
+            metrics.guest_failures.clone(),
         );
         registry.register(
             "connections_closed",

@@ -143,6 +143,9 @@ pub struct Summary {
     what: &'static str,
     count: AtomicU64,
     since: Mutex<Instant>,
+    /// When an event was last logged in full, in ms since `epoch`.
+    detailed_at: AtomicU64,
+    epoch: Instant,
     /// The same events in `/metrics`, counted as they happen.
     counter: Counter,
 }
@@ -156,6 +159,8 @@ impl Summary {
             what,
             count: AtomicU64::new(0),
             since: Mutex::new(Instant::now()),
+            detailed_at: AtomicU64::new(0),
+            epoch: Instant::now(),
             counter,
         }
     }
@@ -164,6 +169,20 @@ impl Summary {
     pub fn note(&self) {
         self.counter.inc();
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one event, and says whether it may be logged in full: the
+    /// first of each period is, the rest only in the summary.
+    pub fn note_detailed(&self) -> bool {
+        self.note();
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.detailed_at.load(Ordering::Relaxed);
+        let period = SUMMARY_PERIOD.as_millis() as u64;
+        (last == 0 || now.saturating_sub(last) >= period)
+            && self
+                .detailed_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Logs what was counted since the last line, when there is something
@@ -218,6 +237,15 @@ mod tests {
         assert_eq!(admission.available(), 1);
     }
 
+    #[test]
+    fn one_event_a_period_is_logged_in_full() {
+        let summary = Summary::new("events", Counter::default());
+        assert!(summary.note_detailed());
+        assert!(!summary.note_detailed());
+        assert!(!summary.note_detailed());
+        assert_eq!(summary.counter.get(), 3);
+    }
+
     #[tokio::test]
     async fn body_reservations_wait_for_the_budget_and_give_up_in_time() {
         let budget = BodyBudget::new(64 << 10);
@@ -240,6 +268,10 @@ mod tests {
         let started = tokio::time::Instant::now();
         let shed = admission.admit(Instant::now() + Duration::from_millis(10)).await;
         assert_eq!(shed.err(), Some(Shed::QueueTimeout));
-        assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -32,14 +32,20 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-/// The guest built alongside this crate (see `build.rs`).
+/// Where the guest built alongside this crate lies in the build directory
+/// (see `build.rs`): for tests and tools that run from a checkout. The
+/// binary does not read it; it serves [`EMBEDDED_GUEST`].
 pub const BUILT_GUEST: &str = env!("EDGE_CACHE_GUEST");
 
+/// The edge function, embedded in the binary: what is served without
+/// `--component`, from any directory, on a machine with no checkout.
+pub static EMBEDDED_GUEST: &[u8] = include_bytes!(env!("EDGE_CACHE_GUEST"));
+
+use edge_cache_guest::http::API_KEY_HEADER;
 /// The header carrying the client's address to the guest (the guest's own
 /// constant: one contract); always set by the harness, never taken from the
 /// client.
 pub use edge_cache_guest::http::CLIENT_IP_HEADER;
-use edge_cache_guest::http::API_KEY_HEADER;
 
 /// Where the cache keeps its data.
 #[derive(Debug, Clone)]
@@ -73,8 +79,8 @@ impl BackendConfig {
 
 #[derive(Debug, Clone)]
 pub struct HarnessConfig {
-    /// The edge function component (`.wasm`).
-    pub component: PathBuf,
+    /// The edge function component (`.wasm`); the embedded one when `None`.
+    pub component: Option<PathBuf>,
     pub backend: BackendConfig,
     /// The cache namespace of this function.
     pub namespace: String,
@@ -124,7 +130,7 @@ impl Default for BodyLimits {
 impl Default for HarnessConfig {
     fn default() -> Self {
         Self {
-            component: PathBuf::from(BUILT_GUEST),
+            component: None,
             backend: BackendConfig::default(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             limits: Limits::default(),
@@ -171,6 +177,8 @@ pub struct Harness {
     bodies: BodyBudget,
     serving: ServingConfig,
     shed: Summary,
+    /// Guest failures and deadlines: logged in full once a second at most.
+    failures: Summary,
     connections: Arc<Connections>,
 }
 
@@ -214,7 +222,12 @@ impl WarmPool {
         };
         // Stores are dropped outside the lock: returning their memory is
         // the slow part.
-        expired.len()
+        let dropped = expired.len();
+        drop(expired);
+        if dropped > 0 {
+            release_free_heap();
+        }
+        dropped
     }
 
     fn len(&self) -> usize {
@@ -225,7 +238,13 @@ impl WarmPool {
 impl Harness {
     pub async fn start(config: &HarnessConfig) -> Result<Self, StartupError> {
         let engine = new_engine(&config.guest_limits, true).map_err(|e| StartupError::Engine(format!("{e:#}")))?;
-        let component = load_component(&engine, &config.component)?;
+        let component = match &config.component {
+            Some(path) => load_component(&engine, path)?,
+            None => Component::new(&engine, EMBEDDED_GUEST).map_err(|e| StartupError::ComponentInvalid {
+                path: PathBuf::from("(embedded)"),
+                reason: format!("{e:#}"),
+            })?,
+        };
         Self::with_component(config, &component).await
     }
 
@@ -272,6 +291,10 @@ impl Harness {
             shed: Summary::new(
                 "shed requests: every instance busy and the wait queue full or too slow (answered 503)",
                 metrics.requests_shed.clone(),
+            ),
+            failures: Summary::new(
+                "edge function failures and deadlines (answered 500 / 504)",
+                metrics.guest_failures.clone(),
             ),
             connections: Arc::new(Connections::new(serving.connections, metrics.connection_metrics())),
             serving,
@@ -347,7 +370,7 @@ impl Harness {
             Ok(response) => response,
             Err(rejected) => {
                 self.metrics.observe_rejection(rejected.status().as_u16());
-                return rejected;
+                return *rejected;
             }
         };
         let x_cache = response.headers().get("x-cache").and_then(|value| value.to_str().ok());
@@ -363,7 +386,7 @@ impl Harness {
         request: hyper::Request<Incoming>,
         peer: IpAddr,
         deadline: Instant,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, hyper::Response<HyperOutgoingBody>> {
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Rejected> {
         check_host(&request)?;
         if let Some(key) = request.headers().get(API_KEY_HEADER)
             && !self.serving.api_keys.issued(key.as_bytes())
@@ -374,10 +397,11 @@ impl Harness {
                 "Unknown API key",
                 "the x-api-key header holds a key this deployment did not issue; send an issued key, or none",
             );
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey realm=\"edge-cache\""));
-            return Err(response);
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("ApiKey realm=\"edge-cache\""),
+            );
+            return Err(Box::new(response));
         }
         let client = self.serving.trusted_proxies.client_address(peer, request.headers());
         let (mut parts, body) = request.into_parts();
@@ -391,7 +415,7 @@ impl Harness {
             Err(shed) => {
                 self.shed.note();
                 tracing::debug!(reason = shed.as_str(), "request shed");
-                return Err(overloaded("every instance is busy; retry shortly"));
+                return Err(Box::new(overloaded("every instance is busy; retry shortly")));
             }
         };
         match tokio::time::timeout_at(deadline.into(), self.run_guest(request, permit, deadline)).await {
@@ -403,7 +427,9 @@ impl Harness {
             // the instance is dropped with the future.
             Err(_elapsed) => Ok(self.deadline_exceeded()),
             Ok(Err(error)) => {
-                tracing::error!(error = %format!("{error:#}"), "edge function failed");
+                if self.failures.note_detailed() {
+                    tracing::error!(error = %format!("{error:#}"), "edge function failed");
+                }
                 Ok(problem(
                     500,
                     "guest-failure",
@@ -415,7 +441,9 @@ impl Harness {
     }
 
     fn deadline_exceeded(&self) -> hyper::Response<HyperOutgoingBody> {
-        tracing::error!(timeout = ?self.limits.request_timeout, "edge function stopped at its deadline");
+        if self.failures.note_detailed() {
+            tracing::error!(timeout = ?self.limits.request_timeout, "edge function stopped at its deadline");
+        }
         let detail = format!(
             "the edge function did not finish within {:?}",
             self.limits.request_timeout
@@ -430,7 +458,7 @@ impl Harness {
         headers: &hyper::HeaderMap,
         body: Incoming,
         deadline: Instant,
-    ) -> Result<(Full<Bytes>, Option<crate::overload::BodyPermit>), hyper::Response<HyperOutgoingBody>> {
+    ) -> Result<(Full<Bytes>, Option<crate::overload::BodyPermit>), Rejected> {
         if body.is_end_stream() {
             return Ok((Full::default(), None));
         }
@@ -447,25 +475,33 @@ impl Harness {
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|length| length > max as u64) {
-            return Err(too_large());
+            return Err(Box::new(too_large()));
         }
         // What the body may grow to is reserved up front from the budget
         // shared by all requests: without a length, the most it may be.
         let reserve = declared.map_or(max, |length| length as usize);
-        let Some(permit) = self.bodies.reserve(reserve, deadline.min(Instant::now() + self.serving.queue.queue_timeout)).await else {
+        let Some(permit) = self
+            .bodies
+            .reserve(reserve, deadline.min(Instant::now() + self.serving.queue.queue_timeout))
+            .await
+        else {
             self.shed.note();
-            return Err(overloaded("too many request bodies are being received; retry shortly"));
+            return Err(Box::new(overloaded(
+                "too many request bodies are being received; retry shortly",
+            )));
         };
         let received = tokio::time::timeout_at(deadline.into(), Limited::new(body, max).collect()).await;
         match received {
             Ok(Ok(collected)) => Ok((Full::new(collected.to_bytes()), Some(permit))),
-            Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-            Ok(Err(_)) => Err(problem(
+            Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                Err(Box::new(too_large()))
+            }
+            Ok(Err(_)) => Err(Box::new(problem(
                 400,
                 "bad-body",
                 "Malformed request body",
                 "the request body could not be read",
-            )),
+            ))),
             Err(_elapsed) => {
                 let detail = format!(
                     "the request body did not arrive within {:?}",
@@ -475,7 +511,7 @@ impl Harness {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
-                Err(response)
+                Err(Box::new(response))
             }
         }
     }
@@ -585,7 +621,10 @@ impl Harness {
                     let Some(harness) = harness.upgrade() else { return };
                     let now = Instant::now();
                     harness.shed.flush(now);
-                    harness.warm.trim(now.checked_sub(harness.limits.warm_idle).unwrap_or(now));
+                    harness.failures.flush(now);
+                    harness
+                        .warm
+                        .trim(now.checked_sub(harness.limits.warm_idle).unwrap_or(now));
                 }
             }
         });
@@ -649,23 +688,50 @@ impl Harness {
     }
 }
 
+/// Hands the allocator's free memory back to the kernel. After a burst,
+/// the dropped instances' stores and the requests' bodies leave the heap
+/// fragmented across glibc's per-thread arenas, which keep it otherwise.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A request must name its host (HTTP/1.1 requires `Host`; wasi:http hands
 /// the guest an authority).
-fn check_host<B>(request: &hyper::Request<B>) -> Result<(), hyper::Response<HyperOutgoingBody>> {
+fn check_host<B>(request: &hyper::Request<B>) -> Result<(), Rejected> {
     if request.uri().authority().is_some() {
         return Ok(());
     }
     match request.headers().get(HOST) {
         Some(host) if !host.is_empty() && host.to_str().is_ok() => Ok(()),
-        Some(_) => Err(problem(400, "bad-host", "Invalid Host header", "the Host header is not a valid host name")),
-        None => Err(problem(400, "missing-host", "Missing Host header", "the request has no Host header")),
+        Some(_) => Err(Box::new(problem(
+            400,
+            "bad-host",
+            "Invalid Host header",
+            "the Host header is not a valid host name",
+        ))),
+        None => Err(Box::new(problem(
+            400,
+            "missing-host",
+            "Missing Host header",
+            "the request has no Host header",
+        ))),
     }
 }
+
+/// The harness's own answer to a request the edge function never saw
+/// (boxed: it is the rare path, and a response is large).
+type Rejected = Box<hyper::Response<HyperOutgoingBody>>;
 
 /// The answer to a request shed for overload: retry after a second.
 fn overloaded(detail: &str) -> hyper::Response<HyperOutgoingBody> {
     let mut response = problem(503, "overloaded", "Overloaded", detail);
-    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 

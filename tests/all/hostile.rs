@@ -190,7 +190,11 @@ async fn overload_is_shed_with_503_and_retry_after_never_500() {
     }
     assert!(served_count >= 2 && shed >= 10, "{served_count} served, {shed} shed");
     let metrics = served.harness.metrics().render();
-    assert_eq!(metric(&metrics, "edge_cache_requests_shed_total"), shed as f64, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "edge_cache_requests_shed_total"),
+        shed as f64,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +372,9 @@ async fn shutdown_answers_every_request_already_sent() {
         .collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // A request written on the idle connection just before the stop.
-    idle.write_all(b"GET /profiles/alice HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /profiles/alice HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
     served.stop();
     for request in in_flight {
         let response = request.await.unwrap().expect("answered, not cut");

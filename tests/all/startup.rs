@@ -95,7 +95,7 @@ async fn bad_redis_url_is_reported() {
 #[tokio::test]
 async fn missing_component_is_reported() {
     let config = HarnessConfig {
-        component: "/nonexistent/edge.wasm".into(),
+        component: Some("/nonexistent/edge.wasm".into()),
         ..HarnessConfig::default()
     };
     let error = Harness::start(&config).await.err().expect("no component, no harness");
@@ -108,7 +108,7 @@ async fn a_non_component_file_is_reported() {
     let path = std::env::temp_dir().join(format!("edge-cache-not-a-component-{}.wasm", std::process::id()));
     std::fs::write(&path, b"definitely not wasm").unwrap();
     let config = HarnessConfig {
-        component: path.clone(),
+        component: Some(path.clone()),
         ..HarnessConfig::default()
     };
     let error = Harness::start(&config).await.err().expect("garbage is not a component");

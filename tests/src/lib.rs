@@ -2,8 +2,8 @@
 //! built guest over HTTP on loopback.
 
 use edge_cache_harness::backend::redis::RedisConfig;
-use edge_cache_harness::engine::{GuestLimits, new_engine};
 use edge_cache_harness::caller::{ApiKeys, digest_hex};
+use edge_cache_harness::engine::{GuestLimits, new_engine};
 use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, ServingConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -366,7 +366,17 @@ pub fn config(backend: BackendConfig) -> HarnessConfig {
 
 /// The API keys the suites send, issued as a deployment would: by digest.
 pub fn test_api_keys() -> ApiKeys {
-    let named = ["k", "k1", "k2", "k-123", "racer", "victim", "fixed-window", "sliding-window", "gcra"];
+    let named = [
+        "k",
+        "k1",
+        "k2",
+        "k-123",
+        "racer",
+        "victim",
+        "fixed-window",
+        "sliding-window",
+        "gcra",
+    ];
     let survivors = (0..100).map(|n| format!("survivor-{n}"));
     let digests: Vec<String> = named
         .into_iter()
