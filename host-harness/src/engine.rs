@@ -16,9 +16,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const PERF_MAP_ENV: &str = "EDGE_CACHE_PERF_MAP";
 
 /// Linear-memory bytes kept resident per pool slot after its instance is
-/// dropped (when only written pages are reset): the guest's stack and the
-/// hot part of its heap.
-const KEEP_RESIDENT_MEMORY_BYTES: usize = 64 << 10;
+/// dropped, by default (when only written pages are reset): see
+/// [`GuestLimits::keep_resident_bytes`].
+pub const DEFAULT_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 
 /// Table bytes kept resident per slot (when only written pages are reset).
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
@@ -50,6 +50,11 @@ pub struct GuestLimits {
     /// How long an instance stays warm without a request before it is
     /// dropped and its memory returned.
     pub warm_idle: Duration,
+    /// Linear-memory bytes a pool slot keeps resident after its instance is
+    /// dropped. More makes a new instance cheaper (no page faults for what
+    /// it touches again); every slot a burst used keeps this much after the
+    /// burst.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for GuestLimits {
@@ -60,6 +65,7 @@ impl Default for GuestLimits {
             max_instances: 128,
             instance_reuse: DEFAULT_INSTANCE_REUSE,
             warm_idle: DEFAULT_WARM_IDLE,
+            keep_resident_bytes: DEFAULT_KEEP_RESIDENT_BYTES,
         }
     }
 }
@@ -74,17 +80,15 @@ pub fn new_engine(limits: &GuestLimits, cache_compiled_code: bool) -> wasmtime::
         .total_tables(limits.max_instances.saturating_mul(4))
         .max_memory_size(limits.memory_bytes);
     // A slot's pages go back to the kernel when its instance is dropped
-    // (madvise, then a fault per page on the slot's next use), except the
-    // first `KEEP_RESIDENT_MEMORY_BYTES`: where the kernel can list the pages
-    // an instance wrote (PAGEMAP_SCAN, Linux 6.7+), those are reset in place
-    // and stay resident. Kept small on purpose: every slot a burst used
-    // keeps that much after the burst (128 slots x 64 KiB = 8 MiB at the
-    // defaults), and with instances reused for up to `--instance-reuse`
-    // requests, a slot is recycled rarely enough that the faults do not
-    // show on the hot path.
+    // (madvise, with a TLB shootdown across cores, then a fault per page on
+    // the slot's next use), except the first `keep_resident_bytes`: where
+    // the kernel can list the pages an instance wrote (PAGEMAP_SCAN, Linux
+    // 6.7+), those are reset in place and stay resident. That is what keeps
+    // replacing an instance (every `--instance-reuse` requests) cheap; its
+    // price is that every slot a burst used keeps that much afterwards.
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         pool.pagemap_scan(Enabled::Yes)
-            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES.min(limits.memory_bytes))
+            .linear_memory_keep_resident(limits.keep_resident_bytes.min(limits.memory_bytes))
             .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
     }
 

@@ -255,6 +255,13 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
 
+    /// Linear memory a pool slot keeps resident after its instance is
+    /// dropped, e.g. 64kb: more makes replacing an instance (every
+    /// --instance-reuse requests) cheaper; every slot a burst used keeps
+    /// this much after it (up to --max-instances slots).
+    #[arg(long, env = "EDGE_CACHE_GUEST_KEEP_RESIDENT", default_value = "64kb", value_parser = parse_size)]
+    guest_keep_resident: u64,
+
     /// Requests one instance serves, one at a time, before it is replaced
     /// by a fresh one; 1 gives every request a fresh instance. An instance
     /// that traps, times out or fails is never reused.
@@ -393,6 +400,7 @@ impl ServeArgs {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
                 max_instances: self.max_instances,
                 instance_reuse: self.instance_reuse,
+                keep_resident_bytes: usize::try_from(self.guest_keep_resident).unwrap_or(usize::MAX),
                 ..GuestLimits::default()
             },
             serving: ServingConfig {
@@ -477,13 +485,19 @@ async fn main() -> anyhow::Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
+    // The admin listener outlives the public one's drain, so probes see
+    // `/readyz` turn 503 while requests in flight finish.
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = match args.admin_listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address} for the admin endpoints"))?;
             tracing::info!(address = %listener.local_addr()?, "serving /metrics, /livez (/healthz) and /readyz");
-            Some(tokio::spawn(harness.clone().serve_admin(listener, until_stopped())))
+            let until_drained = async {
+                let _ = admin_stopped.await;
+            };
+            Some(tokio::spawn(harness.clone().serve_admin(listener, until_drained)))
         }
         None => None,
     };
@@ -502,6 +516,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     harness.clone().serve(listener, until_stopped()).await;
+    let _ = admin_stop.send(());
     if let Some(admin) = admin {
         let _ = admin.await;
     }

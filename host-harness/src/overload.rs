@@ -54,6 +54,7 @@ pub type InstancePermit = OwnedSemaphorePermit;
 /// Hands out instance permits through a bounded, timed queue.
 pub struct Admission {
     instances: Arc<Semaphore>,
+    max_instances: usize,
     queued: AtomicUsize,
     limits: QueueLimits,
 }
@@ -62,6 +63,7 @@ impl Admission {
     pub fn new(max_instances: u32, limits: QueueLimits) -> Self {
         Self {
             instances: Arc::new(Semaphore::new(max_instances as usize)),
+            max_instances: max_instances as usize,
             queued: AtomicUsize::new(0),
             limits,
         }
@@ -91,6 +93,11 @@ impl Admission {
     /// Requests waiting for an instance now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether no request holds or waits for an instance.
+    pub fn idle(&self) -> bool {
+        self.queued() == 0 && self.instances.available_permits() == self.max_instances
     }
 
     /// Instances free now (neither running nor reserved).

@@ -222,12 +222,7 @@ impl WarmPool {
         };
         // Stores are dropped outside the lock: returning their memory is
         // the slow part.
-        let dropped = expired.len();
-        drop(expired);
-        if dropped > 0 {
-            release_free_heap();
-        }
-        dropped
+        expired.len()
     }
 
     fn len(&self) -> usize {
@@ -622,9 +617,15 @@ impl Harness {
                     let now = Instant::now();
                     harness.shed.flush(now);
                     harness.failures.flush(now);
-                    harness
+                    let trimmed = harness
                         .warm
                         .trim(now.checked_sub(harness.limits.warm_idle).unwrap_or(now));
+                    // Once the burst is over (nothing in flight), the heap's
+                    // free memory goes back too; never under load, where it
+                    // would only be faulted in again.
+                    if trimmed > 0 && harness.admission.idle() {
+                        release_free_heap();
+                    }
                 }
             }
         });
