@@ -6,7 +6,12 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "edge:cache/edge-function",
-    imports: { default: async },
+    // Telemetry only counts: a synchronous host call is cheaper, and it is
+    // made on every request.
+    imports: {
+        "edge:cache/telemetry.rate-limit-decided": exact,
+        default: async,
+    },
     exports: { default: async },
     require_store_data_send: true,
     with: {

@@ -4,11 +4,9 @@
 use crate::backend::{CacheError, CasOutcome, Ttl};
 use crate::bindings::{cache, origin, telemetry};
 use crate::cache::Cache;
-use crate::metrics::DecisionLabels;
+use crate::metrics::DecisionCounters;
 use crate::origin::{Origin, OriginError};
 use hyper::header::HeaderName;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 use wasmtime::StoreLimits;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -24,7 +22,7 @@ pub struct EdgeCtx {
     pub cache: Cache,
     pub origin: Origin,
     /// Rate limit decisions, counted as the function reports them.
-    pub decisions: Family<DecisionLabels, Counter>,
+    pub decisions: DecisionCounters,
 }
 
 /// Adds `edge:cache/cache`, `edge:cache/origin` and `edge:cache/telemetry`
@@ -184,19 +182,18 @@ impl cache::Host for EdgeCtx {
 }
 
 impl telemetry::Host for EdgeCtx {
-    async fn rate_limit_decided(&mut self, allowed: bool, degraded: Option<telemetry::DegradedReason>) {
+    // Synchronous (see `bindings.rs`): it only counts, once per request.
+    fn rate_limit_decided(&mut self, allowed: bool, degraded: Option<telemetry::DegradedReason>) {
         use telemetry::DegradedReason;
-        let labels = DecisionLabels {
-            result: if allowed { "allowed" } else { "denied" },
-            degraded: match degraded {
-                None => "no",
-                Some(DegradedReason::CacheUnavailable) => "cache-unavailable",
-                Some(DegradedReason::CacheTimeout) => "cache-timeout",
-                Some(DegradedReason::CacheError) => "cache-error",
-                Some(DegradedReason::Contended) => "contended",
-            },
+        // Indexes of `DEGRADED_REASONS`.
+        let degraded = match degraded {
+            None => 0,
+            Some(DegradedReason::CacheUnavailable) => 1,
+            Some(DegradedReason::CacheTimeout) => 2,
+            Some(DegradedReason::CacheError) => 3,
+            Some(DegradedReason::Contended) => 4,
         };
-        self.decisions.get_or_create(&labels).inc();
+        self.decisions.count(allowed, degraded);
     }
 }
 

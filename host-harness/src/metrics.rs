@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -43,6 +44,28 @@ fn latency_histogram() -> Histogram {
 pub struct DecisionLabels {
     pub result: &'static str,
     pub degraded: &'static str,
+}
+
+/// The `degraded` label's values, in [`DecisionCounters`]' order.
+pub const DEGRADED_REASONS: [&str; 5] = ["no", "cache-unavailable", "cache-timeout", "cache-error", "contended"];
+
+/// The rate limit decision counters, resolved once from their family, so
+/// counting a decision (every request) hashes no labels.
+#[derive(Clone)]
+pub struct DecisionCounters(Arc<[[Counter; DEGRADED_REASONS.len()]; 2]>);
+
+impl DecisionCounters {
+    pub fn new(family: &Family<DecisionLabels, Counter>) -> Self {
+        let resolve = |result: &'static str| {
+            DEGRADED_REASONS.map(|degraded| family.get_or_create(&DecisionLabels { result, degraded }).clone())
+        };
+        Self(Arc::new([resolve("allowed"), resolve("denied")]))
+    }
+
+    /// Counts one decision; `degraded` indexes [`DEGRADED_REASONS`].
+    pub fn count(&self, allowed: bool, degraded: usize) {
+        self.0[usize::from(!allowed)][degraded].inc();
+    }
 }
 
 /// What the cache facade measures: every store operation's latency and

@@ -11,7 +11,7 @@ use crate::caller::{ApiKeys, TrustedProxies};
 use crate::engine::{GuestLimits, new_engine, set_deadline};
 use crate::host::{self, EdgeCtx, EdgeState, HttpHooks};
 use crate::listener::{self, ConnectionLimits, Connections};
-use crate::metrics::Metrics;
+use crate::metrics::{DecisionCounters, Metrics};
 use crate::origin::{Origin, OriginConfig, OriginError};
 use crate::overload::{Admission, BodyBudget, InstancePermit, QueueLimits, Summary};
 use http_body_util::{BodyExt, Full, Limited};
@@ -296,7 +296,7 @@ impl Harness {
             edge: EdgeCtx {
                 cache,
                 origin,
-                decisions: metrics.rate_limit_decisions.clone(),
+                decisions: DecisionCounters::new(&metrics.rate_limit_decisions),
             },
             metrics,
             guest_env: config.guest_env.clone(),
