@@ -142,15 +142,11 @@ pub enum InvalidApiKeys {
 impl ApiKeys {
     /// Keys from their hex digests.
     pub fn from_digests<'a>(digests: impl IntoIterator<Item = &'a str>) -> Result<Self, InvalidApiKeys> {
-        let mut keys = HashSet::new();
+        let mut keys = Self::default();
         for (index, text) in digests.into_iter().enumerate() {
-            let digest = parse_digest(text.trim()).ok_or_else(|| InvalidApiKeys::NotADigest {
-                line: index + 1,
-                text: text.trim().chars().take(80).collect(),
-            })?;
-            keys.insert(digest);
+            keys.insert(index + 1, text)?;
         }
-        Ok(Self(keys))
+        Ok(keys)
     }
 
     /// Adds the digests of a file: one per line; blank lines and `#`
@@ -161,16 +157,22 @@ impl ApiKeys {
             reason: error.to_string(),
         })?;
         for (index, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
+            let line = line.split('#').next().unwrap_or_default();
+            if !line.trim().is_empty() {
+                self.insert(index + 1, line)?;
             }
-            let digest = parse_digest(line).ok_or_else(|| InvalidApiKeys::NotADigest {
-                line: index + 1,
-                text: line.chars().take(80).collect(),
-            })?;
-            self.0.insert(digest);
         }
+        Ok(())
+    }
+
+    /// Adds the digest written as `text`, the `line`th given.
+    fn insert(&mut self, line: usize, text: &str) -> Result<(), InvalidApiKeys> {
+        let text = text.trim();
+        let digest = parse_digest(text).ok_or_else(|| InvalidApiKeys::NotADigest {
+            line,
+            text: text.chars().take(80).collect(),
+        })?;
+        self.0.insert(digest);
         Ok(())
     }
 
