@@ -8,8 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +45,9 @@ pub struct DecisionLabels {
     pub result: &'static str,
     pub degraded: &'static str,
 }
+
+/// The statuses whose counters are kept resolved (any other is looked up).
+const STATUS_RANGE: std::ops::Range<u16> = 100..600;
 
 /// The `degraded` label's values, in [`DecisionCounters`]' order.
 pub const DEGRADED_REASONS: [&str; 5] = ["no", "cache-unavailable", "cache-timeout", "cache-error", "contended"];
@@ -109,6 +112,11 @@ pub struct Metrics {
     pub responses: Family<StatusLabels, Counter>,
     pub cache_lookups: Family<ResultLabels, Counter>,
     pub cache_hit_ratio: Gauge<f64, AtomicU64>,
+    /// `responses` by status, each resolved on its first use: counting a
+    /// response (every request) then hashes no labels.
+    response_counters: Box<[OnceLock<Counter>]>,
+    /// `cache_lookups` for hit, stale, miss and bypass, resolved once.
+    lookup_counters: [Counter; 4],
     /// Shared with the host side of `edge:cache/telemetry`, which counts.
     pub rate_limit_decisions: Family<DecisionLabels, Counter>,
     /// Requests answered 503 for overload (no instance in time, or no room
@@ -136,6 +144,8 @@ impl Metrics {
             responses: Family::default(),
             cache_lookups: Family::default(),
             cache_hit_ratio: Gauge::default(),
+            response_counters: (0..STATUS_RANGE.len()).map(|_| OnceLock::new()).collect(),
+            lookup_counters: Default::default(),
             rate_limit_decisions: Family::default(),
             requests_shed: Counter::default(),
             guest_failures: Counter::default(),
@@ -211,24 +221,40 @@ impl Metrics {
             "Cache store errors by operation and kind",
             store.errors.clone(),
         );
-        Self { registry, ..metrics }
+        let lookup = |result| metrics.cache_lookups.get_or_create(&ResultLabels { result }).clone();
+        let lookup_counters = [lookup("hit"), lookup("stale"), lookup("miss"), lookup("bypass")];
+        Self {
+            registry,
+            lookup_counters,
+            ..metrics
+        }
+    }
+
+    /// Counts one response by its status.
+    fn count_status(&self, status: u16) {
+        let resolve = || self.responses.get_or_create(&StatusLabels { status }).clone();
+        match STATUS_RANGE.contains(&status) {
+            true => self.response_counters[usize::from(status - STATUS_RANGE.start)]
+                .get_or_init(resolve)
+                .inc(),
+            false => resolve().inc(),
+        };
     }
 
     /// Counts one response the edge function gave.
     pub fn observe_response(&self, status: u16, x_cache: Option<&str>) {
-        self.responses.get_or_create(&StatusLabels { status }).inc();
-        let result = match x_cache {
-            Some("hit") => "hit",
-            Some("miss") => "miss",
-            Some("stale") => "stale",
-            Some("bypass") => "bypass",
+        self.count_status(status);
+        // In `lookup_counters`' order.
+        let index = match x_cache {
+            Some("hit") => 0,
+            Some("stale") => 1,
+            Some("miss") => 2,
+            Some("bypass") => 3,
             _ => return,
         };
-        self.cache_lookups.get_or_create(&ResultLabels { result }).inc();
-        let count = |result| self.cache_lookups.get_or_create(&ResultLabels { result }).get() as f64;
-        let served = count("hit") + count("stale");
-        let total = served + count("miss") + count("bypass");
-        self.cache_hit_ratio.set(served / total);
+        self.lookup_counters[index].inc();
+        let [hit, stale, miss, bypass] = self.lookup_counters.each_ref().map(|counter| counter.get() as f64);
+        self.cache_hit_ratio.set((hit + stale) / (hit + stale + miss + bypass));
     }
 
     /// The counters the connection bounds report into.
@@ -255,7 +281,7 @@ impl Metrics {
     /// Counts a response the harness gave without running the edge
     /// function (a bad request, an unknown key, overload).
     pub fn observe_rejection(&self, status: u16) {
-        self.responses.get_or_create(&StatusLabels { status }).inc();
+        self.count_status(status);
     }
 
     /// Samples the gauges read at scrape time.
