@@ -85,12 +85,15 @@ impl Cache {
                 key.len()
             )));
         }
-        if key.chars().any(char::is_control) {
+        if has_control_character(key) {
             return Err(CacheError::InvalidKey(
                 "a key must not contain control characters".into(),
             ));
         }
-        Ok(format!("{}{key}", self.prefix))
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(&self.prefix);
+        full.push_str(key);
+        Ok(full)
     }
 
     fn full_keys(&self, keys: &[String]) -> Result<Vec<String>, CacheError> {
@@ -264,4 +267,33 @@ impl Cache {
 /// For operations where hit or miss does not apply.
 fn no_hit<T>(_: &T) -> Option<bool> {
     None
+}
+
+/// Whether `text` holds a control character (`char::is_control`: U+0000 to
+/// U+001F, U+007F, U+0080 to U+009F), checked on the UTF-8 bytes: every
+/// cache call checks its key, and decoding it char by char costs more.
+fn has_control_character(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    // The C1 controls are encoded as 0xC2 0x80..=0x9F; 0xC2 starts no other
+    // character's second byte, so the pair cannot straddle two characters.
+    bytes.iter().any(|&byte| byte < 0x20 || byte == 0x7f)
+        || bytes
+            .windows(2)
+            .any(|pair| pair[0] == 0xc2 && (0x80..=0x9f).contains(&pair[1]))
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::has_control_character;
+
+    #[test]
+    fn control_characters_are_found_as_char_is_control_finds_them() {
+        for code in 0..=0x2000u32 {
+            let Some(c) = char::from_u32(code) else { continue };
+            let text = format!("key:{c}:é");
+            assert_eq!(has_control_character(&text), c.is_control(), "U+{code:04X}");
+        }
+        assert!(!has_control_character("profile:v1:alice"));
+        assert!(!has_control_character("\u{00e9}\u{0100}\u{20ac}"));
+    }
 }

@@ -71,12 +71,30 @@ impl DecisionCounters {
     }
 }
 
+/// The cache operations, as `/metrics` labels them.
+pub const OPERATIONS: [&str; 11] = [
+    "get",
+    "get-many",
+    "set",
+    "delete",
+    "exists",
+    "expire",
+    "ttl",
+    "incr-by",
+    "incr-by-bounded",
+    "compare-and-swap",
+    "compare-and-delete",
+];
+
 /// What the cache facade measures: every store operation's latency and
 /// errors (for the Redis backend these are Redis round trips), and the
 /// backend's circuit breakers.
 #[derive(Clone)]
 pub struct StoreMetrics {
     pub latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    /// `latency` for each of [`OPERATIONS`], resolved on first use: every
+    /// cache call observes one, and a lookup by label hashes.
+    latency_by_op: Arc<[OnceLock<Histogram>; OPERATIONS.len()]>,
     pub errors: Family<ErrorLabels, Counter>,
     pub breakers: BreakerGauges,
 }
@@ -91,15 +109,20 @@ impl StoreMetrics {
     pub fn new(breakers: BreakerGauges) -> Self {
         Self {
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            latency_by_op: Arc::default(),
             errors: Family::default(),
             breakers,
         }
     }
 
     pub fn observe(&self, op: &'static str, took: Duration, error: Option<&'static str>) {
-        self.latency
-            .get_or_create(&OperationLabels { op })
-            .observe(took.as_secs_f64());
+        let resolve = || self.latency.get_or_create(&OperationLabels { op }).clone();
+        match OPERATIONS.iter().position(|known| *known == op) {
+            Some(index) => self.latency_by_op[index]
+                .get_or_init(resolve)
+                .observe(took.as_secs_f64()),
+            None => resolve().observe(took.as_secs_f64()),
+        }
         if let Some(error) = error {
             self.errors.get_or_create(&ErrorLabels { op, error }).inc();
         }
