@@ -497,14 +497,13 @@ pub async fn serve<F, Fut>(
                         }
                         Close::Evicted => break,
                         Close::Drain => {
-                            // A request under way finishes (hyper answers it
-                            // with `Connection: close`); so does one that
-                            // arrived but was not read yet. An idle one closes.
-                            if conn.phase() == Phase::Busy || has_unread_bytes(fd) {
-                                if conn.phase() == Phase::Busy {
-                                    connection.as_mut().graceful_shutdown();
-                                }
-                            } else {
+                            // Busy: hyper finishes the request and answers it
+                            // with `Connection: close`. Idle: it closes now,
+                            // unless a request arrived that hyper has not read
+                            // yet; that one is left to be read and answered
+                            // (the service adds `Connection: close` while
+                            // draining).
+                            if conn.phase() == Phase::Busy || !has_unread_bytes(fd) {
                                 connection.as_mut().graceful_shutdown();
                             }
                         }
