@@ -3,15 +3,15 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_cache_guest::config as guest;
-use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
-use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::caller::{ApiKeys, TrustedProxies, digest_hex, parse_network};
 use edge_cache_harness::compose;
 use edge_cache_harness::engine::{DEFAULT_INSTANCE_REUSE, GuestLimits};
+use edge_cache_harness::keyspace::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::listener::{self, ConnectionLimits};
 use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::overload::QueueLimits;
-use edge_cache_harness::{BackendConfig, BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig};
+use edge_cache_harness::store::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
+use edge_cache_harness::{BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig, StoreConfig};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -325,7 +325,7 @@ impl ServeArgs {
         env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
     }
 
-    fn backend_config(&self) -> BackendConfig {
+    fn store_config(&self) -> StoreConfig {
         let connect_timeout = Duration::from_millis(self.redis_connect_timeout_ms);
         let command_timeout = Duration::from_millis(self.redis_command_timeout_ms);
         let tls = TlsFiles {
@@ -334,7 +334,7 @@ impl ServeArgs {
             client_key_file: self.redis_client_key.clone(),
         };
         if !self.redis_cluster_urls.is_empty() {
-            return BackendConfig::RedisCluster(RedisClusterConfig {
+            return StoreConfig::RedisCluster(RedisClusterConfig {
                 connect_timeout,
                 command_timeout,
                 tls,
@@ -343,7 +343,7 @@ impl ServeArgs {
             });
         }
         match &self.redis_url {
-            Some(url) => BackendConfig::Redis(RedisConfig {
+            Some(url) => StoreConfig::Redis(RedisConfig {
                 db: self.redis_db,
                 connect_timeout,
                 command_timeout,
@@ -353,7 +353,7 @@ impl ServeArgs {
                 required: self.require_redis,
                 ..RedisConfig::new(url.clone())
             }),
-            None => BackendConfig::Memory {
+            None => StoreConfig::Memory {
                 max_memory: self.max_memory,
             },
         }
@@ -384,7 +384,7 @@ impl ServeArgs {
         }
         Ok(HarnessConfig {
             component: self.component.clone(),
-            backend: self.backend_config(),
+            store: self.store_config(),
             namespace: self.namespace.clone(),
             limits: Limits {
                 max_value_bytes: usize::try_from(self.max_value_size).unwrap_or(usize::MAX),
@@ -459,13 +459,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let config = args.harness_config()?;
-    let store = match &config.backend {
-        BackendConfig::Redis(redis) => format!("Redis at {}", redact_url(&redis.url)),
-        BackendConfig::RedisCluster(cluster) => {
+    let store = match &config.store {
+        StoreConfig::Redis(redis) => format!("Redis at {}", redact_url(&redis.url)),
+        StoreConfig::RedisCluster(cluster) => {
             let nodes: Vec<String> = cluster.urls.iter().map(|url| redact_url(url)).collect();
             format!("the Redis Cluster at {}", nodes.join(","))
         }
-        BackendConfig::Memory { max_memory } => format!("the embedded cache (at most {} KiB)", max_memory / 1024),
+        StoreConfig::Memory { max_memory } => format!("the embedded cache (at most {} KiB)", max_memory / 1024),
     };
     let harness = Harness::start(&config).await.context("edge-cache could not start")?;
     let listener = tokio::net::TcpListener::bind(args.listen)

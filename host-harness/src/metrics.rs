@@ -1,7 +1,7 @@
 //! Prometheus metrics (OpenMetrics text), served on the admin listener.
 
-use crate::backend::breaker::BreakerGauges;
 use crate::listener::ConnectionMetrics;
+use crate::store::breaker::BreakerGauges;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,8 +87,8 @@ pub const OPERATIONS: [&str; 11] = [
 ];
 
 /// What the cache facade measures: every store operation's latency and
-/// errors (for the Redis backend these are Redis round trips), and the
-/// backend's circuit breakers.
+/// errors (for Redis these are Redis round trips), and the
+/// store's circuit breakers.
 #[derive(Clone)]
 pub struct StoreMetrics {
     pub latency: Family<OperationLabels, Histogram, fn() -> Histogram>,

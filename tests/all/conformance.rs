@@ -1,17 +1,18 @@
-//! The cache contract (`wit/cache.wit`), run against every backend: a real
-//! redis-server, a real Redis Cluster and the embedded store. Anything one backend does that the
+//! The cache contract (`wit/cache.wit`), run against every store: a real
+//! redis-server, a real Redis Cluster and the embedded store. Anything one store does that the
 //! other does not is a failure here.
 
-use edge_cache_harness::BackendConfig;
-use edge_cache_harness::backend::memory::MemoryBackend;
-use edge_cache_harness::backend::{Backend, CacheError, CasOutcome, Ttl};
-use edge_cache_harness::cache::{Cache, Limits};
+use edge_cache_harness::StoreConfig;
+use edge_cache_harness::keyspace::{Keyspace, Limits};
+use edge_cache_harness::store::memory::MemoryStore;
+use edge_cache_harness::store::{CasOutcome, StoreError, Ttl};
 use edge_cache_tests::{RedisCluster, RedisServer};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// One backend under test, and what keeps it alive.
+/// One store under test, and what keeps it alive.
 struct Subject {
-    cache: Cache,
+    cache: Keyspace,
     _server: Option<RedisServer>,
     _cluster: Option<RedisCluster>,
 }
@@ -19,18 +20,18 @@ struct Subject {
 impl Subject {
     async fn redis() -> Self {
         let server = RedisServer::start();
-        let backend = server.backend().connect().await.expect("connect to the test server");
+        let store = server.store().connect().await.expect("connect to the test server");
         Self {
-            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: Some(server),
             _cluster: None,
         }
     }
 
     fn memory() -> Self {
-        let backend = Backend::Memory(MemoryBackend::new(16 << 20));
+        let store = Arc::new(MemoryStore::new(16 << 20));
         Self {
-            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: None,
             _cluster: None,
         }
@@ -38,9 +39,9 @@ impl Subject {
 
     async fn cluster() -> Self {
         let cluster = RedisCluster::start(3, 0);
-        let backend = cluster.backend().connect().await.expect("connect to the test cluster");
+        let store = cluster.store().connect().await.expect("connect to the test cluster");
         Self {
-            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: None,
             _cluster: Some(cluster),
         }
@@ -70,7 +71,7 @@ fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|name| name.to_string()).collect()
 }
 
-async fn get_set_delete(cache: &Cache) {
+async fn get_set_delete(cache: &Keyspace) {
     assert_eq!(cache.get("k").await.unwrap(), None);
     assert!(cache.set("k", b"\x00binary\xff", None, false).await.unwrap());
     assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"\x00binary\xff"[..]));
@@ -86,13 +87,13 @@ async fn get_set_delete(cache: &Cache) {
     assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Missing);
 }
 
-async fn only_if_absent(cache: &Cache) {
+async fn only_if_absent(cache: &Keyspace) {
     assert!(cache.set("nx", b"first", Some(60), true).await.unwrap());
     assert!(!cache.set("nx", b"second", Some(60), true).await.unwrap());
     assert_eq!(cache.get("nx").await.unwrap().as_deref(), Some(&b"first"[..]));
 }
 
-async fn ttl_and_expiry(cache: &Cache) {
+async fn ttl_and_expiry(cache: &Keyspace) {
     cache.set("t", b"v", Some(100), false).await.unwrap();
     assert!(matches!(cache.ttl("t").await.unwrap(), Ttl::ExpiresIn(99..=100)));
     // A plain set without TTL makes the key persistent again, as in Redis.
@@ -107,7 +108,7 @@ async fn ttl_and_expiry(cache: &Cache) {
     assert_eq!(cache.ttl("t").await.unwrap(), Ttl::Missing);
 }
 
-async fn get_many(cache: &Cache) {
+async fn get_many(cache: &Keyspace) {
     cache.set("a", b"1", None, false).await.unwrap();
     cache.set("c", b"3", None, false).await.unwrap();
     let values = cache.get_many(&keys(&["a", "b", "c"])).await.unwrap();
@@ -115,7 +116,7 @@ async fn get_many(cache: &Cache) {
     assert_eq!(cache.get_many(&[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
 }
 
-async fn counters(cache: &Cache) {
+async fn counters(cache: &Keyspace) {
     assert_eq!(cache.incr_by("n", 5, 60).await.unwrap(), 5);
     assert_eq!(cache.incr_by("n", -2, 60).await.unwrap(), 3);
     assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(59..=60)));
@@ -130,7 +131,7 @@ async fn counters(cache: &Cache) {
     assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(4..=5)));
     // Not a number.
     cache.set("text", b"abc", None, false).await.unwrap();
-    assert_eq!(cache.incr_by("text", 1, 60).await, Err(CacheError::WrongType));
+    assert_eq!(cache.incr_by("text", 1, 60).await, Err(StoreError::WrongType));
     assert_eq!(cache.get("text").await.unwrap().as_deref(), Some(&b"abc"[..]));
     // Overflow is refused and changes nothing.
     cache
@@ -139,12 +140,12 @@ async fn counters(cache: &Cache) {
         .unwrap();
     assert!(matches!(
         cache.incr_by("big", 1, 60).await,
-        Err(CacheError::InvalidArgument(_))
+        Err(StoreError::InvalidArgument(_))
     ));
     assert_eq!(cache.get("big").await.unwrap(), Some(i64::MAX.to_string().into_bytes()));
 }
 
-async fn bounded_counters(cache: &Cache) {
+async fn bounded_counters(cache: &Keyspace) {
     let first = cache.incr_by_bounded("b", 3, 60, 5).await.unwrap();
     assert_eq!((first.applied, first.value), (true, 3));
     assert!(matches!(cache.ttl("b").await.unwrap(), Ttl::ExpiresIn(59..=60)));
@@ -166,7 +167,7 @@ async fn bounded_counters(cache: &Cache) {
     cache.set("text", b"abc", None, false).await.unwrap();
     assert_eq!(
         cache.incr_by_bounded("text", 1, 60, 10).await,
-        Err(CacheError::WrongType)
+        Err(StoreError::WrongType)
     );
     cache.set("persistent", b"1", None, false).await.unwrap();
     cache.incr_by_bounded("persistent", 1, 30, 10).await.unwrap();
@@ -176,7 +177,7 @@ async fn bounded_counters(cache: &Cache) {
     ));
 }
 
-async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Cache) {
+async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Keyspace) {
     let tasks: Vec<_> = (0..60)
         .map(|_| {
             let cache = cache.clone();
@@ -191,7 +192,7 @@ async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Cache) {
     assert_eq!(cache.get("race").await.unwrap().as_deref(), Some(&b"25"[..]));
 }
 
-async fn concurrent_counters_are_atomic(cache: &Cache) {
+async fn concurrent_counters_are_atomic(cache: &Keyspace) {
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let cache = cache.clone();
@@ -210,7 +211,7 @@ async fn concurrent_counters_are_atomic(cache: &Cache) {
     );
 }
 
-async fn compare_and_swap(cache: &Cache) {
+async fn compare_and_swap(cache: &Keyspace) {
     assert_eq!(
         cache.compare_and_swap("cas", None, b"v1", Some(60)).await.unwrap(),
         CasOutcome::Swapped
@@ -243,7 +244,7 @@ async fn compare_and_swap(cache: &Cache) {
     assert!(!cache.exists("absent").await.unwrap());
 }
 
-async fn compare_and_delete(cache: &Cache) {
+async fn compare_and_delete(cache: &Keyspace) {
     cache.set("lock", b"token-1", Some(60), false).await.unwrap();
     assert!(!cache.compare_and_delete("lock", b"token-2").await.unwrap());
     assert_eq!(cache.get("lock").await.unwrap().as_deref(), Some(&b"token-1"[..]));
@@ -268,25 +269,25 @@ async fn compare_and_delete(cache: &Cache) {
     assert_eq!(deleted, 1);
 }
 
-async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
-    assert!(matches!(cache.get("").await, Err(CacheError::InvalidKey(_))));
+async fn invalid_input_is_typed_and_changes_nothing(cache: &Keyspace) {
+    assert!(matches!(cache.get("").await, Err(StoreError::InvalidKey(_))));
     assert!(matches!(
         cache.set(&"k".repeat(513), b"v", None, false).await,
-        Err(CacheError::InvalidKey(_))
+        Err(StoreError::InvalidKey(_))
     ));
-    assert!(matches!(cache.get("line\nbreak").await, Err(CacheError::InvalidKey(_))));
+    assert!(matches!(cache.get("line\nbreak").await, Err(StoreError::InvalidKey(_))));
     assert!(matches!(
         cache.get_many(&keys(&["ok", ""])).await,
-        Err(CacheError::InvalidKey(_))
+        Err(StoreError::InvalidKey(_))
     ));
     let big = vec![0u8; 1024 * 1024 + 1];
     assert_eq!(
         cache.set("big", &big, None, false).await,
-        Err(CacheError::ValueTooLarge { limit: 1024 * 1024 })
+        Err(StoreError::ValueTooLarge { limit: 1024 * 1024 })
     );
     assert_eq!(
         cache.compare_and_swap("big", None, &big, None).await,
-        Err(CacheError::ValueTooLarge { limit: 1024 * 1024 })
+        Err(StoreError::ValueTooLarge { limit: 1024 * 1024 })
     );
     assert!(!cache.exists("big").await.unwrap());
     assert!(
@@ -298,13 +299,13 @@ async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
         cache.expire("max", 0).await.err(),
         cache.incr_by("z", 1, 0).await.err(),
     ] {
-        assert!(matches!(zero_ttl, Some(CacheError::InvalidArgument(_))), "{zero_ttl:?}");
+        assert!(matches!(zero_ttl, Some(StoreError::InvalidArgument(_))), "{zero_ttl:?}");
     }
     assert!(!cache.exists("z").await.unwrap());
 }
 
-async fn namespaces_do_not_cross(cache: &Cache) {
-    let other = Cache::new(cache.backend().clone(), "other", Limits::default()).unwrap();
+async fn namespaces_do_not_cross(cache: &Keyspace) {
+    let other = Keyspace::new(cache.store().clone(), "other", Limits::default()).unwrap();
     cache.set("shared-name", b"mine", None, false).await.unwrap();
     assert_eq!(other.get("shared-name").await.unwrap(), None);
     other.set("shared-name", b"theirs", None, false).await.unwrap();
@@ -313,7 +314,7 @@ async fn namespaces_do_not_cross(cache: &Cache) {
     assert_eq!(cache.get("shared-name").await.unwrap().as_deref(), Some(&b"mine"[..]));
 }
 
-/// Each contract test, once per backend.
+/// Each contract test, once per store.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis {
@@ -361,13 +362,13 @@ conformance!(
 async fn values_of_another_type(subject: &Subject) {
     let cache = &subject.cache;
     subject.push_list("list").await;
-    assert_eq!(cache.get("list").await, Err(CacheError::WrongType));
+    assert_eq!(cache.get("list").await, Err(StoreError::WrongType));
     assert_eq!(
         cache.compare_and_swap("list", None, b"v", None).await,
-        Err(CacheError::WrongType)
+        Err(StoreError::WrongType)
     );
-    assert_eq!(cache.compare_and_delete("list", b"x").await, Err(CacheError::WrongType));
-    assert_eq!(cache.incr_by("list", 1, 60).await, Err(CacheError::WrongType));
+    assert_eq!(cache.compare_and_delete("list", b"x").await, Err(StoreError::WrongType));
+    assert_eq!(cache.incr_by("list", 1, 60).await, Err(StoreError::WrongType));
     assert_eq!(cache.delete(&keys(&["list"])).await.unwrap(), 1);
     assert_eq!(
         cache.compare_and_swap("list", None, b"v", None).await.unwrap(),
@@ -390,27 +391,27 @@ async fn values_of_another_type_on_a_cluster() {
 
 #[tokio::test]
 async fn namespaces_are_validated() {
-    let backend = Backend::Memory(MemoryBackend::new(1 << 20));
+    let store = Arc::new(MemoryStore::new(1 << 20));
     for bad in ["", "a:b", "{tag}", "with space", &"n".repeat(65)] {
-        assert!(Cache::new(backend.clone(), bad, Limits::default()).is_err(), "{bad:?}");
+        assert!(Keyspace::new(store.clone(), bad, Limits::default()).is_err(), "{bad:?}");
     }
-    assert!(Cache::new(backend, "tenant-1.prod_eu", Limits::default()).is_ok());
+    assert!(Keyspace::new(store, "tenant-1.prod_eu", Limits::default()).is_ok());
 }
 
 #[tokio::test]
 async fn redis_backend_config_connects() {
     let server = RedisServer::start();
-    let BackendConfig::Redis(_) = server.backend() else {
+    let StoreConfig::Redis(_) = server.store() else {
         panic!("a Redis configuration")
     };
-    assert_eq!(server.backend().connect().await.unwrap().kind(), "redis");
+    assert_eq!(server.store().connect().await.unwrap().kind(), "redis");
 }
 
 #[tokio::test]
 async fn the_embedded_backend_evicts_least_recently_used_entries_at_its_bound() {
     let bound = 256 * 1024;
-    let backend = MemoryBackend::new(bound);
-    let cache = Cache::new(Backend::Memory(backend.clone()), "lru", Limits::default()).unwrap();
+    let store = MemoryStore::new(bound);
+    let cache = Keyspace::new(Arc::new(store.clone()), "lru", Limits::default()).unwrap();
     cache.set("hot", &[7u8; 1024], None, false).await.unwrap();
     for n in 0..1000 {
         cache
@@ -421,9 +422,9 @@ async fn the_embedded_backend_evicts_least_recently_used_entries_at_its_bound() 
         assert!(cache.get("hot").await.unwrap().is_some(), "hot was evicted at {n}");
     }
     assert!(
-        backend.used_memory() <= bound,
+        store.used_memory() <= bound,
         "{} bytes used, bound {bound}",
-        backend.used_memory()
+        store.used_memory()
     );
     assert_eq!(
         cache.get("cold-0").await.unwrap(),

@@ -1,10 +1,10 @@
 //! Test fixtures: real `redis-server` processes and harnesses serving the
 //! built guest over HTTP on loopback.
 
-use edge_cache_harness::backend::redis::RedisConfig;
 use edge_cache_harness::caller::{ApiKeys, digest_hex};
 use edge_cache_harness::engine::{GuestLimits, new_engine};
-use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, ServingConfig};
+use edge_cache_harness::store::redis::RedisConfig;
+use edge_cache_harness::{BUILT_GUEST, Harness, HarnessConfig, ServingConfig, StoreConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -211,13 +211,13 @@ impl RedisServer {
     /// A harness configuration for this server. The command timeout is
     /// generous: a loaded test machine must not turn into fail-open
     /// decisions where a test counts exact ones.
-    pub fn backend(&self) -> BackendConfig {
-        self.backend_with_timeout(Duration::from_secs(3))
+    pub fn store(&self) -> StoreConfig {
+        self.store_with_timeout(Duration::from_secs(3))
     }
 
     /// A harness configuration with a short command timeout, for outages.
-    pub fn backend_with_timeout(&self, command_timeout: Duration) -> BackendConfig {
-        BackendConfig::Redis(RedisConfig {
+    pub fn store_with_timeout(&self, command_timeout: Duration) -> StoreConfig {
+        StoreConfig::Redis(RedisConfig {
             connect_timeout: Duration::from_millis(500),
             command_timeout,
             ..RedisConfig::new(self.url())
@@ -351,11 +351,11 @@ impl Drop for Served {
     }
 }
 
-/// A configuration on the given backend, with the test API keys issued,
+/// A configuration on the given store, with the test API keys issued,
 /// everything else default.
-pub fn config(backend: BackendConfig) -> HarnessConfig {
+pub fn config(store: StoreConfig) -> HarnessConfig {
     HarnessConfig {
-        backend,
+        store,
         serving: ServingConfig {
             api_keys: test_api_keys(),
             ..ServingConfig::default()
@@ -485,11 +485,11 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    pub fn backend(&self) -> BackendConfig {
-        BackendConfig::RedisCluster(edge_cache_harness::backend::redis::RedisClusterConfig {
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig::RedisCluster(edge_cache_harness::store::redis::RedisClusterConfig {
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_secs(3),
-            ..edge_cache_harness::backend::redis::RedisClusterConfig::new(self.urls())
+            ..edge_cache_harness::store::redis::RedisClusterConfig::new(self.urls())
         })
     }
 

@@ -1,4 +1,4 @@
-//! The Redis backend: one multiplexed connection shared by every instance
+//! The Redis store: one multiplexed connection shared by every instance
 //! (a [`ConnectionManager`] for one server, the async cluster client for a
 //! Redis Cluster), every command bounded by a deadline.
 //!
@@ -13,14 +13,14 @@
 //! fail at once with `unavailable` while a background task connects.
 
 use super::breaker::{BreakerGauges, Breakers, FIRST_BACKOFF};
-use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
+use super::{BoundedIncr, CasOutcome, Store, StoreError, StoreFuture, Ttl};
 use futures_util::future::{join_all, try_join_all};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
-    RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
+    ProtocolVersion, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
 };
 use std::future::Future;
 use std::path::PathBuf;
@@ -164,7 +164,7 @@ impl RedisClusterConfig {
     }
 }
 
-/// Why the Redis backend could not start.
+/// Why the Redis store could not start.
 #[derive(Debug, Error)]
 pub enum ConnectError {
     #[error("invalid Redis URL {url}: {reason}")]
@@ -315,11 +315,11 @@ impl ConnectionLike for Connection {
 }
 
 #[derive(Clone)]
-pub struct RedisBackend {
+pub struct RedisStore {
     shared: Arc<Shared>,
 }
 
-/// What every clone of a backend and its background task share.
+/// What every clone of a store and its background task share.
 struct Shared {
     /// Set once connected: at once for a single server (its manager
     /// connects lazily and reconnects by itself), when a node answers for a
@@ -372,11 +372,10 @@ fn is_configuration_error(error: &RedisError) -> bool {
         .is_some_and(|code| ["WRONGPASS", "NOAUTH", "NOPERM"].contains(&code))
 }
 
-impl RedisBackend {
-    /// Connects to one server. A bad URL or TLS setting, or refused
-    /// credentials, fail at once; an unreachable server fails only when
-    /// `config.required`, and is otherwise reached in the background.
-    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+impl RedisStore {
+    /// A client for the server of `config`, speaking `protocol` (else the
+    /// URL's); fails on a bad URL or TLS setting, without connecting.
+    pub(crate) fn client(config: &RedisConfig, protocol: Option<ProtocolVersion>) -> Result<Client, ConnectError> {
         // `rediss://` needs a process-wide TLS crypto provider; installing it
         // twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -398,11 +397,28 @@ impl RedisBackend {
             let settings = info.redis_settings().clone().set_db(db);
             info = info.set_redis_settings(settings);
         }
-        let client = match config.tls.certificates()? {
+        if let Some(protocol) = protocol {
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            info = info.set_redis_settings(settings);
+        }
+        match config.tls.certificates()? {
             Some(certificates) => Client::build_with_tls(info, certificates),
             None => Client::open(info),
         }
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Connects to one server. A bad URL or TLS setting, or refused
+    /// credentials, fail at once; an unreachable server fails only when
+    /// `config.required`, and is otherwise reached in the background.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+        let client = Self::client(config, None)?;
+        let target = redact_url(&config.url);
+        let secrets = url_secrets(&config.url);
+        let invalid = |reason: String| ConnectError::InvalidUrl {
+            url: target.clone(),
+            reason: scrub(&reason, &secrets),
+        };
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
@@ -423,7 +439,7 @@ impl RedisBackend {
         };
         let manager =
             ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| invalid(e.to_string()))?;
-        let backend = Self::new(
+        let store = Self::new(
             Some(Connection::Single(manager)),
             Breakers::single(&target),
             config.command_timeout,
@@ -432,7 +448,7 @@ impl RedisBackend {
         );
         let startup_deadline = config.connect_timeout * 2;
         let first = timeout(startup_deadline, first_contact).await;
-        backend.started(first, startup_deadline, config.required, None)
+        store.started(first, startup_deadline, config.required, None)
     }
 
     /// Connects to a Redis Cluster through its seed nodes, with the same
@@ -461,10 +477,10 @@ impl RedisBackend {
             builder = builder.certs(certificates);
         }
         let client = builder.build().map_err(|e| invalid(e.to_string()))?;
-        let backend = Self::new(None, Breakers::cluster(), config.command_timeout, target, secrets);
+        let store = Self::new(None, Breakers::cluster(), config.command_timeout, target, secrets);
         let startup_deadline = config.connect_timeout * 2;
-        let first = timeout(startup_deadline, backend.shared.connect_cluster(&client)).await;
-        backend.started(first, startup_deadline, config.required, Some(client))
+        let first = timeout(startup_deadline, store.shared.connect_cluster(&client)).await;
+        store.started(first, startup_deadline, config.required, Some(client))
     }
 
     fn new(
@@ -542,15 +558,80 @@ impl RedisBackend {
         Ok(self)
     }
 
-    /// The gauges of this backend's breakers, for `/metrics`.
-    pub fn breaker_gauges(&self) -> &BreakerGauges {
-        self.shared.breakers.gauges()
+    /// Runs one request on a clone of the shared connection, within the
+    /// command deadline, through the breaker of `key`.
+    async fn bounded<T, F, Fut>(&self, key: &str, request: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let shared = &*self.shared;
+        let Some(connection) = shared.connection.get() else {
+            return Err(StoreError::Unavailable(format!(
+                "not connected to the Redis Cluster at {} yet",
+                shared.target
+            )));
+        };
+        let breaker = shared.breakers.index_of(key);
+        shared.breakers.admit(breaker)?;
+        match timeout(shared.command_timeout, request(connection.clone())).await {
+            Ok(Ok(value)) => {
+                shared.breakers.succeeded(breaker);
+                Ok(value)
+            }
+            Ok(Err(error)) if is_outage(&error) => {
+                let message = shared.scrub(&error.to_string());
+                shared.breakers.failed(breaker, &message);
+                Err(if error.is_timeout() {
+                    StoreError::Timeout(shared.command_timeout)
+                } else {
+                    StoreError::Unavailable(message)
+                })
+            }
+            Ok(Err(error)) => {
+                shared.breakers.succeeded(breaker);
+                Err(match classify(&error) {
+                    StoreError::Unavailable(why) => StoreError::Unavailable(shared.scrub(&why)),
+                    StoreError::Other(why) => StoreError::Other(shared.scrub(&why)),
+                    other => other,
+                })
+            }
+            Err(_) => {
+                shared.breakers.failed(breaker, "no answer within the command timeout");
+                Err(StoreError::Timeout(shared.command_timeout))
+            }
+        }
+    }
+
+    async fn query<T: FromRedisValue + Send>(&self, key: &str, command: redis::Cmd) -> Result<T, StoreError> {
+        self.bounded(key, |mut c| async move { command.query_async(&mut c).await })
+            .await
+    }
+
+    async fn invoke<T: FromRedisValue + Send>(
+        &self,
+        key: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.bounded(key, |mut c| async move { invocation.invoke_async(&mut c).await })
+            .await
+    }
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    /// The gauges of this store's breakers, for `/metrics`.
+    fn breaker_gauges(&self) -> BreakerGauges {
+        self.shared.breakers.gauges().clone()
     }
 
     /// Whether Redis can serve: `Ok` with a note, or `Err` with the reason.
     /// A cluster with some slot ranges unreachable still serves the others,
     /// so it is ready, and says so.
-    pub fn readiness(&self) -> Result<String, String> {
+    fn readiness(&self) -> Result<String, String> {
         let shared = &self.shared;
         let target = &shared.target;
         if shared.connection.get().is_none() {
@@ -574,67 +655,8 @@ impl RedisBackend {
         }
     }
 
-    /// Runs one request on a clone of the shared connection, within the
-    /// command deadline, through the breaker of `key`.
-    async fn bounded<T, F, Fut>(&self, key: &str, request: F) -> Result<T, CacheError>
-    where
-        F: FnOnce(Connection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let shared = &*self.shared;
-        let Some(connection) = shared.connection.get() else {
-            return Err(CacheError::Unavailable(format!(
-                "not connected to the Redis Cluster at {} yet",
-                shared.target
-            )));
-        };
-        let breaker = shared.breakers.index_of(key);
-        shared.breakers.admit(breaker)?;
-        match timeout(shared.command_timeout, request(connection.clone())).await {
-            Ok(Ok(value)) => {
-                shared.breakers.succeeded(breaker);
-                Ok(value)
-            }
-            Ok(Err(error)) if is_outage(&error) => {
-                let message = shared.scrub(&error.to_string());
-                shared.breakers.failed(breaker, &message);
-                Err(if error.is_timeout() {
-                    CacheError::Timeout(shared.command_timeout)
-                } else {
-                    CacheError::Unavailable(message)
-                })
-            }
-            Ok(Err(error)) => {
-                shared.breakers.succeeded(breaker);
-                Err(match classify(&error) {
-                    CacheError::Unavailable(why) => CacheError::Unavailable(shared.scrub(&why)),
-                    CacheError::Other(why) => CacheError::Other(shared.scrub(&why)),
-                    other => other,
-                })
-            }
-            Err(_) => {
-                shared.breakers.failed(breaker, "no answer within the command timeout");
-                Err(CacheError::Timeout(shared.command_timeout))
-            }
-        }
-    }
-
-    async fn query<T: FromRedisValue + Send>(&self, key: &str, command: redis::Cmd) -> Result<T, CacheError> {
-        self.bounded(key, |mut c| async move { command.query_async(&mut c).await })
-            .await
-    }
-
-    async fn invoke<T: FromRedisValue + Send>(
-        &self,
-        key: &str,
-        invocation: ScriptInvocation<'_>,
-    ) -> Result<T, CacheError> {
-        self.bounded(key, |mut c| async move { invocation.invoke_async(&mut c).await })
-            .await
-    }
-
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        self.query(key, redis::Cmd::get(key)).await
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { self.query(key, redis::Cmd::get(key)).await })
     }
 
     /// One `MGET`, one round trip, on a single server. On a cluster, keys
@@ -642,114 +664,131 @@ impl RedisBackend {
     /// must stay in one): one `GET` per key, all in flight at once, each
     /// routed by the cluster client, so the call still costs about one round
     /// trip.
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        match keys {
-            [] => Ok(Vec::new()),
-            _ if self.shared.cluster => try_join_all(keys.iter().map(|key| self.get(key))).await,
-            [first, ..] => self.query(first, redis::cmd("MGET").arg(keys).to_owned()).await,
-        }
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            match keys {
+                [] => Ok(Vec::new()),
+                _ if self.shared.cluster => try_join_all(keys.iter().map(|key| self.get(key))).await,
+                [first, ..] => self.query(first, redis::cmd("MGET").arg(keys).to_owned()).await,
+            }
+        })
     }
 
-    pub async fn set(
-        &self,
-        key: &str,
-        value: &[u8],
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
         ttl: Option<u64>,
         only_if_absent: bool,
-    ) -> Result<bool, CacheError> {
-        let mut command = redis::cmd("SET");
-        command.arg(key).arg(value);
-        if let Some(ttl) = ttl {
-            command.arg("EX").arg(ttl);
-        }
-        if only_if_absent {
-            command.arg("NX");
-        }
-        let reply: Value = self.query(key, command).await?;
-        Ok(!matches!(reply, Value::Nil))
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut command = redis::cmd("SET");
+            command.arg(key).arg(value);
+            if let Some(ttl) = ttl {
+                command.arg("EX").arg(ttl);
+            }
+            if only_if_absent {
+                command.arg("NX");
+            }
+            let reply: Value = self.query(key, command).await?;
+            Ok(!matches!(reply, Value::Nil))
+        })
     }
 
     /// One `DEL`; on a cluster, one per key, all in flight at once (see
     /// [`Self::get_many`]).
-    pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
-        match keys {
-            [] => Ok(0),
-            _ if self.shared.cluster => {
-                let deleted = try_join_all(keys.iter().map(|key| self.query::<u32>(key, redis::Cmd::del(key)))).await?;
-                Ok(deleted.into_iter().sum())
+    fn delete<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, u32> {
+        Box::pin(async move {
+            match keys {
+                [] => Ok(0),
+                _ if self.shared.cluster => {
+                    let deleted =
+                        try_join_all(keys.iter().map(|key| self.query::<u32>(key, redis::Cmd::del(key)))).await?;
+                    Ok(deleted.into_iter().sum())
+                }
+                [first, ..] => self.query(first, redis::Cmd::del(keys)).await,
             }
-            [first, ..] => self.query(first, redis::Cmd::del(keys)).await,
-        }
-    }
-
-    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
-        self.query(key, redis::Cmd::exists(key)).await
-    }
-
-    pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
-        self.query(key, redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned()).await
-    }
-
-    pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
-        let millis: i64 = self.query(key, redis::Cmd::pttl(key)).await?;
-        Ok(match millis {
-            -2 => Ttl::Missing,
-            -1 => Ttl::Persistent,
-            millis => Ttl::ExpiresIn(millis.max(1).unsigned_abs().div_ceil(1000)),
         })
     }
 
-    pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-        let mut invocation = self.shared.scripts.incr_by.key(key);
-        invocation.arg(delta).arg(ttl_if_new);
-        self.invoke(key, invocation).await
+    fn exists<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { self.query(key, redis::Cmd::exists(key)).await })
     }
 
-    pub async fn incr_by_bounded(
-        &self,
-        key: &str,
+    fn expire<'a>(&'a self, key: &'a str, ttl: u64) -> StoreFuture<'a, bool> {
+        Box::pin(async move { self.query(key, redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned()).await })
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Ttl> {
+        Box::pin(async move {
+            let millis: i64 = self.query(key, redis::Cmd::pttl(key)).await?;
+            Ok(match millis {
+                -2 => Ttl::Missing,
+                -1 => Ttl::Persistent,
+                millis => Ttl::ExpiresIn(millis.max(1).unsigned_abs().div_ceil(1000)),
+            })
+        })
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl_if_new: u64) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.incr_by.key(key);
+            invocation.arg(delta).arg(ttl_if_new);
+            self.invoke(key, invocation).await
+        })
+    }
+
+    fn incr_by_bounded<'a>(
+        &'a self,
+        key: &'a str,
         delta: i64,
         ttl_if_new: u64,
         max: i64,
-    ) -> Result<BoundedIncr, CacheError> {
-        let mut invocation = self.shared.scripts.incr_by_bounded.key(key);
-        invocation.arg(delta).arg(ttl_if_new).arg(max);
-        let (applied, value): (i64, i64) = self.invoke(key, invocation).await?;
-        Ok(BoundedIncr {
-            applied: applied == 1,
-            value,
+    ) -> StoreFuture<'a, BoundedIncr> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.incr_by_bounded.key(key);
+            invocation.arg(delta).arg(ttl_if_new).arg(max);
+            let (applied, value): (i64, i64) = self.invoke(key, invocation).await?;
+            Ok(BoundedIncr {
+                applied: applied == 1,
+                value,
+            })
         })
     }
 
-    pub async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: &[u8],
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: &'a [u8],
         ttl: Option<u64>,
-    ) -> Result<CasOutcome, CacheError> {
-        let mut invocation = self.shared.scripts.compare_and_swap.key(key);
-        invocation
-            .arg(if expected.is_some() { "1" } else { "0" })
-            .arg(expected.unwrap_or_default())
-            .arg(new)
-            .arg(ttl.unwrap_or(0));
-        let reply: Vec<Value> = self.invoke(key, invocation).await?;
-        match reply.as_slice() {
-            [Value::Int(1)] => Ok(CasOutcome::Swapped),
-            [Value::Int(0)] => Ok(CasOutcome::Conflict(None)),
-            [Value::Int(0), Value::BulkString(current)] => Ok(CasOutcome::Conflict(Some(current.clone()))),
-            other => Err(CacheError::Other(format!(
-                "unexpected compare-and-swap reply {other:?}"
-            ))),
-        }
+    ) -> StoreFuture<'a, CasOutcome> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.compare_and_swap.key(key);
+            invocation
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(new)
+                .arg(ttl.unwrap_or(0));
+            let reply: Vec<Value> = self.invoke(key, invocation).await?;
+            match reply.as_slice() {
+                [Value::Int(1)] => Ok(CasOutcome::Swapped),
+                [Value::Int(0)] => Ok(CasOutcome::Conflict(None)),
+                [Value::Int(0), Value::BulkString(current)] => Ok(CasOutcome::Conflict(Some(current.clone()))),
+                other => Err(StoreError::Other(format!(
+                    "unexpected compare-and-swap reply {other:?}"
+                ))),
+            }
+        })
     }
 
-    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
-        let mut invocation = self.shared.scripts.compare_and_delete.key(key);
-        invocation.arg(expected);
-        let deleted: i64 = self.invoke(key, invocation).await?;
-        Ok(deleted == 1)
+    fn compare_and_delete<'a>(&'a self, key: &'a str, expected: &'a [u8]) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.compare_and_delete.key(key);
+            invocation.arg(expected);
+            let deleted: i64 = self.invoke(key, invocation).await?;
+            Ok(deleted == 1)
+        })
     }
 }
 
@@ -793,8 +832,8 @@ impl Shared {
     }
 }
 
-/// The background task of a backend: reaches a cluster that was not
-/// reachable at start, and probes open breakers. It ends with the backend.
+/// The background task of a store: reaches a cluster that was not
+/// reachable at start, and probes open breakers. It ends with the store.
 async fn supervise(shared: Weak<Shared>, cluster_client: Option<ClusterClient>) {
     let mut tick = tokio::time::interval(SUPERVISOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -842,12 +881,12 @@ async fn supervise(shared: Weak<Shared>, cluster_client: Option<ClusterClient>) 
 
 /// Maps a Redis error to what the guest can act on. Connection-level problems
 /// are `Unavailable`; the message never contains credentials.
-fn classify(error: &RedisError) -> CacheError {
+fn classify(error: &RedisError) -> StoreError {
     if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {
-        return CacheError::Unavailable(error.to_string());
+        return StoreError::Unavailable(error.to_string());
     }
     match error.kind() {
-        ErrorKind::AuthenticationFailed => CacheError::Unavailable("authentication failed".into()),
+        ErrorKind::AuthenticationFailed => StoreError::Unavailable("authentication failed".into()),
         ErrorKind::ClusterConnectionNotFound
         | ErrorKind::Server(
             ServerErrorKind::BusyLoading
@@ -855,14 +894,14 @@ fn classify(error: &RedisError) -> CacheError {
             | ServerErrorKind::MasterDown
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ReadOnly,
-        ) => CacheError::Unavailable(error.to_string()),
-        ErrorKind::Server(ServerErrorKind::NoPerm) => CacheError::Unavailable(format!("permission denied: {error}")),
-        _ if error.code() == Some("WRONGTYPE") => CacheError::WrongType,
-        _ if error.detail().is_some_and(|d| d.contains("not an integer")) => CacheError::WrongType,
+        ) => StoreError::Unavailable(error.to_string()),
+        ErrorKind::Server(ServerErrorKind::NoPerm) => StoreError::Unavailable(format!("permission denied: {error}")),
+        _ if error.code() == Some("WRONGTYPE") => StoreError::WrongType,
+        _ if error.detail().is_some_and(|d| d.contains("not an integer")) => StoreError::WrongType,
         _ if error.detail().is_some_and(|d| d.contains("overflow")) => {
-            CacheError::InvalidArgument("increment would overflow".into())
+            StoreError::InvalidArgument("increment would overflow".into())
         }
-        _ => CacheError::Other(error.to_string()),
+        _ => StoreError::Other(error.to_string()),
     }
 }
 
