@@ -61,7 +61,7 @@ impl Keyspace {
         }
         Ok(Self {
             prefix: format!("{namespace}:").into(),
-            metrics: StoreMetrics::new(store.breaker_gauges()),
+            metrics: StoreMetrics::of(store.clone()),
             store,
             limits,
         })

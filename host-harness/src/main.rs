@@ -10,6 +10,7 @@ use edge_cache_harness::keyspace::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::listener::{self, ConnectionLimits};
 use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::overload::QueueLimits;
+use edge_cache_harness::store::near::NearCacheConfig;
 use edge_cache_harness::store::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
 use edge_cache_harness::{BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig, StoreConfig};
 use ipnet::IpNet;
@@ -127,6 +128,13 @@ struct ServeArgs {
     /// Longest wait between two reconnection attempts, in milliseconds.
     #[arg(long, env = "REDIS_MAX_RECONNECT_DELAY_MS", default_value_t = 2000)]
     redis_max_reconnect_delay_ms: u64,
+
+    /// Keep recently read values in the harness too, up to this size (e.g.
+    /// 16MB), coherent with Redis through its client-side caching (CLIENT
+    /// TRACKING): a write by any client invalidates. Needs --redis-url (not
+    /// a cluster). Off by default.
+    #[arg(long, env = "EDGE_CACHE_NEAR_CACHE", value_parser = parse_size)]
+    near_cache: Option<u64>,
 
     /// The largest value a guest may store, e.g. 1MB.
     #[arg(long, env = "EDGE_CACHE_MAX_VALUE_SIZE", default_value = "1MB", value_parser = parse_size)]
@@ -351,6 +359,7 @@ impl ServeArgs {
                 max_reconnect_delay: Duration::from_millis(self.redis_max_reconnect_delay_ms),
                 tls,
                 required: self.require_redis,
+                near_cache: self.near_cache.map(NearCacheConfig::new),
                 ..RedisConfig::new(url.clone())
             }),
             None => StoreConfig::Memory {
@@ -360,6 +369,11 @@ impl ServeArgs {
     }
 
     fn harness_config(&self) -> anyhow::Result<HarnessConfig> {
+        anyhow::ensure!(
+            self.near_cache.is_none() || (self.redis_url.is_some() && self.redis_cluster_urls.is_empty()),
+            "--near-cache needs a single Redis server (--redis-url): it keeps no near cache of the embedded store, \
+             and a Redis Cluster is not supported yet"
+        );
         let mut api_keys = ApiKeys::from_digests(self.api_key_digests.iter().map(String::as_str))
             .context("invalid --api-key-sha256")?;
         if let Some(path) = &self.api_keys_file {

@@ -1,6 +1,7 @@
 //! Prometheus metrics (OpenMetrics text), served on the admin listener.
 
 use crate::listener::ConnectionMetrics;
+use crate::store::Store;
 use crate::store::breaker::BreakerGauges;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,9 +87,9 @@ pub const OPERATIONS: [&str; 11] = [
     "compare-and-delete",
 ];
 
-/// What the cache facade measures: every store operation's latency and
-/// errors (for Redis these are Redis round trips), and the
-/// store's circuit breakers.
+/// What the keyspace measures: every store operation's latency and
+/// errors (for Redis these are Redis round trips), the store's circuit
+/// breakers, and whatever the store measures itself.
 #[derive(Clone)]
 pub struct StoreMetrics {
     pub latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
@@ -97,6 +98,8 @@ pub struct StoreMetrics {
     latency_by_op: Arc<[OnceLock<Histogram>; OPERATIONS.len()]>,
     pub errors: Family<ErrorLabels, Counter>,
     pub breakers: BreakerGauges,
+    /// The store, to register its own metrics.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Default for StoreMetrics {
@@ -112,6 +115,15 @@ impl StoreMetrics {
             latency_by_op: Arc::default(),
             errors: Family::default(),
             breakers,
+            store: None,
+        }
+    }
+
+    /// The metrics of operations on `store`, its breakers and its own.
+    pub fn of(store: Arc<dyn Store>) -> Self {
+        Self {
+            store: Some(store.clone()),
+            ..Self::new(store.breaker_gauges())
         }
     }
 
@@ -244,6 +256,9 @@ impl Metrics {
             "Cache store errors by operation and kind",
             store.errors.clone(),
         );
+        if let Some(own) = &store.store {
+            own.register_metrics(&mut registry);
+        }
         let lookup = |result| metrics.cache_lookups.get_or_create(&ResultLabels { result }).clone();
         let lookup_counters = [lookup("hit"), lookup("stale"), lookup("miss"), lookup("bypass")];
         Self {

@@ -12,6 +12,7 @@ use crate::metrics::{DecisionCounters, Metrics};
 use crate::origin::{Origin, OriginConfig, OriginError};
 use crate::overload::{Admission, BodyBudget, InstancePermit, QueueLimits, Summary};
 use crate::store::memory::{DEFAULT_MAX_MEMORY, MemoryStore};
+use crate::store::near::NearCache;
 use crate::store::redis::{ConnectError, RedisClusterConfig, RedisConfig, RedisStore};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
@@ -70,7 +71,10 @@ impl StoreConfig {
     pub async fn connect(&self) -> Result<Arc<dyn crate::store::Store>, StartupError> {
         Ok(match self {
             Self::Memory { max_memory } => Arc::new(MemoryStore::new(*max_memory)),
-            Self::Redis(config) => Arc::new(RedisStore::connect(config).await?),
+            Self::Redis(config) => match config.near_cache {
+                Some(near) => Arc::new(NearCache::connect(config, near).await?),
+                None => Arc::new(RedisStore::connect(config).await?),
+            },
             Self::RedisCluster(config) => Arc::new(RedisStore::connect_cluster(config).await?),
         })
     }

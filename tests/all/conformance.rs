@@ -1,10 +1,12 @@
 //! The cache contract (`wit/cache.wit`), run against every store: a real
-//! redis-server, a real Redis Cluster and the embedded store. Anything one store does that the
+//! redis-server (with and without a near cache), a real Redis Cluster and
+//! the embedded store. Anything one store does that the
 //! other does not is a failure here.
 
 use edge_cache_harness::StoreConfig;
 use edge_cache_harness::keyspace::{Keyspace, Limits};
 use edge_cache_harness::store::memory::MemoryStore;
+use edge_cache_harness::store::near::NearCacheConfig;
 use edge_cache_harness::store::{CasOutcome, StoreError, Ttl};
 use edge_cache_tests::{RedisCluster, RedisServer};
 use std::sync::Arc;
@@ -21,6 +23,21 @@ impl Subject {
     async fn redis() -> Self {
         let server = RedisServer::start();
         let store = server.store().connect().await.expect("connect to the test server");
+        Self {
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
+            _server: Some(server),
+            _cluster: None,
+        }
+    }
+
+    /// Redis with a near cache in front of its reads.
+    async fn near_cache() -> Self {
+        let server = RedisServer::start();
+        let store = server
+            .store_with_near_cache(NearCacheConfig::new(1 << 20))
+            .connect()
+            .await
+            .expect("connect to the test server");
         Self {
             cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: Some(server),
@@ -324,6 +341,13 @@ macro_rules! conformance {
                 super::$name(&subject.cache).await;
             })*
         }
+        mod near_cache {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let subject = super::Subject::near_cache().await;
+                super::$name(&subject.cache).await;
+            })*
+        }
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -382,6 +406,11 @@ async fn values_of_another_type(subject: &Subject) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_another_type_on_redis() {
     values_of_another_type(&Subject::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_another_type_behind_a_near_cache() {
+    values_of_another_type(&Subject::near_cache().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

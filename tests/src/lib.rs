@@ -3,8 +3,11 @@
 
 use edge_cache_harness::caller::{ApiKeys, digest_hex};
 use edge_cache_harness::engine::{GuestLimits, new_engine};
+use edge_cache_harness::store::near::NearCacheConfig;
 use edge_cache_harness::store::redis::RedisConfig;
 use edge_cache_harness::{BUILT_GUEST, Harness, HarnessConfig, ServingConfig, StoreConfig};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -224,6 +227,31 @@ impl RedisServer {
         })
     }
 
+    /// A harness configuration for this server with a near cache.
+    pub fn store_with_near_cache(&self, near_cache: NearCacheConfig) -> StoreConfig {
+        match self.store() {
+            StoreConfig::Redis(redis) => StoreConfig::Redis(RedisConfig {
+                near_cache: Some(near_cache),
+                ..redis
+            }),
+            other => other,
+        }
+    }
+
+    /// Starts watching the commands clients send (`MONITOR`).
+    pub fn monitor(&self) -> Monitor {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to MONITOR");
+        stream.write_all(b"*1\r\n$7\r\nMONITOR\r\n").unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), "+OK", "MONITOR answered {line:?}");
+        Monitor {
+            reader,
+            port: self.port,
+        }
+    }
+
     /// A plain async connection for inspecting what the harness stored.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
@@ -231,6 +259,49 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .unwrap()
+    }
+}
+
+/// The commands Redis runs, as `MONITOR` shows them, from
+/// [`RedisServer::monitor`] on.
+pub struct Monitor {
+    reader: BufReader<std::net::TcpStream>,
+    port: u16,
+}
+
+impl Monitor {
+    /// Stops watching: how many times clients sent each command (by lower
+    /// case name), leaving out those scripts ran. Sends a marker command
+    /// last and reads up to it, so nothing that ran before is missed.
+    pub fn finish(mut self) -> BTreeMap<String, u64> {
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let marker = format!(
+            "end-of-monitor-{}-{}",
+            std::process::id(),
+            MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        client
+            .write_all(format!("*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n", marker.len()).as_bytes())
+            .unwrap();
+        let mut counts = BTreeMap::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(self.reader.read_line(&mut line).unwrap() > 0, "MONITOR ended early");
+            if line.contains(&marker) {
+                return counts;
+            }
+            // `+1700000000.000000 [0 127.0.0.1:40000] "GET" "key"`; scripts show `[0 lua]`.
+            let Some((client, command)) = line.split_once("] ") else {
+                continue;
+            };
+            if client.ends_with(" lua") {
+                continue;
+            }
+            let name = command.split('"').nth(1).unwrap_or_default().to_ascii_lowercase();
+            *counts.entry(name).or_insert(0) += 1;
+        }
     }
 }
 

@@ -41,7 +41,7 @@ struct Options {
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     connections: Vec<u32>,
     /// Which workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "hit,limiter,miss,floor")]
+    #[arg(long, value_delimiter = ',', default_value = "hit,hit-near,limiter,miss,floor")]
     workloads: Vec<Workload>,
     /// The origin's simulated latency on the miss path, in milliseconds.
     #[arg(long, default_value_t = 1)]
@@ -60,6 +60,9 @@ struct Options {
 enum Workload {
     /// `GET /profiles/alice`, always in the cache: limiter + cache lookup.
     Hit,
+    /// `hit` with the harness's near cache on (`--near-cache`): the lookup
+    /// is answered in the harness, the limiter alone goes to Redis.
+    HitNear,
     /// Every request over its caller's limit: the fixed-window check alone,
     /// answered 429.
     Limiter,
@@ -71,6 +74,9 @@ enum Workload {
     Floor,
 }
 
+/// The harness's near cache in the hit-near workload.
+const NEAR_CACHE_SIZE: &str = "16MB";
+
 /// The component of the floor workload (built by `build.rs`).
 const FLOOR_COMPONENT: &str = env!("EDGE_CACHE_BENCH_FLOOR");
 
@@ -81,6 +87,7 @@ impl Workload {
     fn name(self) -> &'static str {
         match self {
             Self::Hit => "hit",
+            Self::HitNear => "hit-near",
             Self::Limiter => "limiter",
             Self::Miss => "miss",
             Self::Floor => "floor",
@@ -89,7 +96,7 @@ impl Workload {
 
     fn paths(self) -> Paths {
         match self {
-            Self::Hit | Self::Limiter | Self::Floor => Paths::Fixed("/profiles/alice"),
+            Self::Hit | Self::HitNear | Self::Limiter | Self::Floor => Paths::Fixed("/profiles/alice"),
             Self::Miss => Paths::Distinct {
                 prefix: "/profiles/u",
                 per_thread: MISS_IDS_PER_THREAD,
@@ -101,14 +108,14 @@ impl Workload {
     fn rate_limit(self) -> u32 {
         match self {
             Self::Limiter => 1,
-            Self::Hit | Self::Miss | Self::Floor => 1_000_000_000,
+            Self::Hit | Self::HitNear | Self::Miss | Self::Floor => 1_000_000_000,
         }
     }
 
     /// The response every request of the workload must get.
     fn expected(self) -> (u16, Option<&'static str>) {
         match self {
-            Self::Hit | Self::Floor => (200, Some("hit")),
+            Self::Hit | Self::HitNear | Self::Floor => (200, Some("hit")),
             Self::Limiter => (429, None),
             Self::Miss => (200, Some("miss")),
         }
@@ -152,6 +159,9 @@ impl Setup {
         if workload == Workload::Floor {
             args.push(format!("--component={FLOOR_COMPONENT}"));
         }
+        if workload == Workload::HitNear {
+            args.push(format!("--near-cache={NEAR_CACHE_SIZE}"));
+        }
         args.extend(self.harness_args.iter().cloned());
         let harness = Service::start("harness", &self.harness, &args, &env, address)?;
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -166,6 +176,13 @@ impl Setup {
             // Fills alice; for the limiter, spends the one allowed request.
             Workload::Hit | Workload::Limiter | Workload::Floor => {
                 http::Client::connect(service.address)?.get("/profiles/alice")?;
+            }
+            // The fill, then a hit that brings alice into the near cache
+            // (the fill's FLUSHALL emptied it).
+            Workload::HitNear => {
+                let mut client = http::Client::connect(service.address)?;
+                client.get("/profiles/alice")?;
+                client.get("/profiles/alice")?;
             }
             Workload::Miss => {}
         }
@@ -500,6 +517,19 @@ fn main() -> anyhow::Result<()> {
                 met: total == 2.0 && calls("get") == 1.0 && calls("evalsha") == 1.0,
                 structural: true,
             }),
+            // The near cache's heartbeat (a PING a second on its tracking
+            // connection) is not a request's.
+            Workload::HitNear => {
+                let total = total - calls("ping");
+                targets.push(Target {
+                    what: format!(
+                        "near-cache hit = {:.2} round trip (the request's total {total:.2} is the fixed-window check)",
+                        total - calls("evalsha")
+                    ),
+                    met: total == 1.0 && calls("evalsha") == 1.0,
+                    structural: true,
+                })
+            }
             Workload::Miss | Workload::Floor => {}
         }
     }
@@ -531,6 +561,10 @@ fn main() -> anyhow::Result<()> {
 fn workload_doc(workload: Workload) -> &'static str {
     match workload {
         Workload::Hit => "GET /profiles/alice, a cache hit every time (fixed-window check + cache lookup)",
+        Workload::HitNear => {
+            "GET /profiles/alice, a hit every time, the harness with --near-cache: the fixed-window check in Redis, \
+             the lookup in the harness (native: both in Redis)"
+        }
         Workload::Limiter => "GET /profiles/alice over the caller's limit: the fixed-window check alone, 429",
         Workload::Miss => "GET /profiles/u{n}, a new profile each request: check, lookup, lock, origin, store, unlock",
         Workload::Floor => {

@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod memory;
+pub mod near;
 pub mod redis;
 
 use std::future::Future;
@@ -97,6 +98,10 @@ pub trait Store: Send + Sync + 'static {
     fn breaker_gauges(&self) -> breaker::BreakerGauges {
         breaker::BreakerGauges::default()
     }
+
+    /// Registers the store's own metrics, if it has any, on the harness's
+    /// registry (prefixed `edge_cache_`).
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
 

@@ -15,7 +15,7 @@
 use super::breaker::{BreakerGauges, Breakers, FIRST_BACKOFF};
 use super::{BoundedIncr, CasOutcome, Store, StoreError, StoreFuture, Ttl};
 use futures_util::future::{join_all, try_join_all};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
@@ -117,6 +117,8 @@ pub struct RedisConfig {
     /// Refuse to start when Redis cannot be reached (otherwise the harness
     /// serves from the origin and connects in the background).
     pub required: bool,
+    /// Keep recently read values in the harness too (see [`super::near`]).
+    pub near_cache: Option<super::near::NearCacheConfig>,
 }
 
 impl RedisConfig {
@@ -130,6 +132,7 @@ impl RedisConfig {
             max_reconnect_delay: Duration::from_secs(2),
             tls: TlsFiles::default(),
             required: false,
+            near_cache: None,
         }
     }
 }
@@ -606,6 +609,58 @@ impl RedisStore {
     async fn query<T: FromRedisValue + Send>(&self, key: &str, command: redis::Cmd) -> Result<T, StoreError> {
         self.bounded(key, |mut c| async move { command.query_async(&mut c).await })
             .await
+    }
+
+    /// The values of `keys` and their remaining lifetimes (`PTTL`: -1 for
+    /// none, -2 when gone) read over `connection`, in one round trip, with
+    /// the deadline and breaker of any call: `GET` for one key, `MGET` for
+    /// more (as [`Store::get`] and [`Store::get_many`] read them), then a
+    /// `PTTL` per key. The near cache reads through here: Redis tracks the
+    /// keys a connection reads, so its tracking connection, not the shared
+    /// one, must send the reads.
+    pub(crate) async fn read_tracked(
+        &self,
+        connection: &MultiplexedConnection,
+        keys: &[&str],
+    ) -> Result<Vec<(Option<Vec<u8>>, i64)>, StoreError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let mut pipeline = redis::pipe();
+        // Error replies come back as values, to be told apart (`WRONGTYPE`).
+        pipeline.ignore_errors();
+        match keys {
+            [key] => pipeline.get(key),
+            _ => pipeline.cmd("MGET").arg(keys),
+        };
+        for key in keys {
+            pipeline.pttl(key);
+        }
+        let mut connection = connection.clone();
+        let mut replies: Vec<Value> = self
+            .bounded(first, |_| async move { pipeline.query_async(&mut connection).await })
+            .await?;
+        let unexpected = || StoreError::Other("unexpected reply to a tracked read".into());
+        if let Some(Value::ServerError(error)) = replies.iter().find(|reply| matches!(reply, Value::ServerError(_))) {
+            return Err(classify(&error.clone().into()));
+        }
+        if replies.len() != keys.len() + 1 {
+            return Err(unexpected());
+        }
+        let ttls = replies.split_off(1);
+        let values: Vec<Option<Vec<u8>>> = match (keys, replies.pop()) {
+            ([_], Some(value)) => vec![FromRedisValue::from_redis_value(value).map_err(|e| classify(&e.into()))?],
+            (_, Some(values)) => FromRedisValue::from_redis_value(values).map_err(|e| classify(&e.into()))?,
+            (_, None) => return Err(unexpected()),
+        };
+        if values.len() != keys.len() {
+            return Err(unexpected());
+        }
+        values
+            .into_iter()
+            .zip(ttls)
+            .map(|(value, ttl)| Ok((value, i64::from_redis_value(ttl).map_err(|e| classify(&e.into()))?)))
+            .collect()
     }
 
     async fn invoke<T: FromRedisValue + Send>(
