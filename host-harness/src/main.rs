@@ -369,11 +369,11 @@ impl ServeArgs {
     }
 
     fn harness_config(&self) -> anyhow::Result<HarnessConfig> {
-        anyhow::ensure!(
-            self.near_cache.is_none() || (self.redis_url.is_some() && self.redis_cluster_urls.is_empty()),
-            "--near-cache needs a single Redis server (--redis-url): it keeps no near cache of the embedded store, \
-             and a Redis Cluster is not supported yet"
-        );
+        check_near_cache(
+            self.near_cache,
+            self.redis_url.is_some(),
+            !self.redis_cluster_urls.is_empty(),
+        )?;
         let mut api_keys = ApiKeys::from_digests(self.api_key_digests.iter().map(String::as_str))
             .context("invalid --api-key-sha256")?;
         if let Some(path) = &self.api_keys_file {
@@ -439,6 +439,18 @@ impl ServeArgs {
     }
 }
 
+/// A near cache tracks one Redis server: it has nothing to add to the
+/// embedded store, and tracking a Cluster (a connection per node, across
+/// slot migrations) is not done yet.
+fn check_near_cache(near_cache: Option<u64>, redis_url: bool, cluster: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        near_cache.is_none() || (redis_url && !cluster),
+        "--near-cache needs a single Redis server (--redis-url): it keeps no near cache of the embedded store, \
+         and a Redis Cluster is not supported yet"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
@@ -474,7 +486,14 @@ async fn main() -> anyhow::Result<()> {
 
     let config = args.harness_config()?;
     let store = match &config.store {
-        StoreConfig::Redis(redis) => format!("Redis at {}", redact_url(&redis.url)),
+        StoreConfig::Redis(redis) => match redis.near_cache {
+            Some(near) => format!(
+                "Redis at {} and a near cache of at most {} KiB",
+                redact_url(&redis.url),
+                near.max_bytes / 1024
+            ),
+            None => format!("Redis at {}", redact_url(&redis.url)),
+        },
         StoreConfig::RedisCluster(cluster) => {
             let nodes: Vec<String> = cluster.urls.iter().map(|url| redact_url(url)).collect();
             format!("the Redis Cluster at {}", nodes.join(","))
@@ -542,7 +561,7 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, parse_size};
+    use super::{Cli, check_near_cache, parse_size};
     use clap::CommandFactory;
 
     #[test]
@@ -557,6 +576,15 @@ mod tests {
         let help = serve.render_long_help().to_string();
         assert!(help.contains("REDIS_URL") && help.contains("--require-redis"), "{help}");
         assert!(!help.contains("hunter2") && !help.contains("hunter3"), "{help}");
+    }
+
+    #[test]
+    fn a_near_cache_needs_a_single_redis_server() {
+        let refused = |near, redis_url, cluster| check_near_cache(near, redis_url, cluster).is_err();
+        assert!(refused(Some(16 << 20), false, false), "the embedded store");
+        assert!(refused(Some(16 << 20), false, true), "a cluster");
+        assert!(!refused(Some(16 << 20), true, false));
+        assert!(!refused(None, false, true));
     }
 
     #[test]
