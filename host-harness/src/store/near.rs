@@ -410,9 +410,9 @@ fn push_sender(near: Weak<Near>, id: u64) -> impl Fn(PushInfo) -> Result<(), ()>
 
 impl NearCache {
     /// Connects to Redis as [`RedisStore::connect`] does, and opens the
-    /// tracking connection in the background; waits for it as long as a
-    /// first contact may take, so that a harness started on a reachable
-    /// Redis serves from the near cache at once.
+    /// tracking connection in the background; when Redis answered, waits
+    /// for it as long as a first contact may take, so that a harness
+    /// started on a reachable Redis serves from the near cache at once.
     pub async fn connect(config: &RedisConfig, near: NearCacheConfig) -> Result<Self, ConnectError> {
         let client = RedisStore::client(config, Some(ProtocolVersion::RESP3))?;
         let redis = RedisStore::connect(config).await?;
@@ -423,8 +423,10 @@ impl NearCache {
             config.connect_timeout,
             config.command_timeout,
         ));
+        // An unreachable Redis was already waited for, and reported.
+        let reachable = redis.readiness().is_ok();
         let deadline = Instant::now() + config.connect_timeout * 2;
-        while !near.serving.load(Ordering::Acquire) && Instant::now() < deadline {
+        while reachable && !near.serving.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(Self { redis, near })
