@@ -7,6 +7,7 @@ use edge_cache_harness::HarnessConfig;
 use edge_cache_harness::StoreConfig;
 use edge_cache_harness::keyspace::{Keyspace, Limits};
 use edge_cache_harness::metrics::Metrics;
+use edge_cache_harness::store::StoreError;
 use edge_cache_harness::store::near::{NearCache, NearCacheConfig};
 use edge_cache_tests::{Monitor, RedisServer, Served, config};
 use std::collections::BTreeMap;
@@ -64,7 +65,10 @@ async fn a_value_is_read_from_redis_once_then_served_from_the_harness() {
     let ran = commands_sent(monitor);
     // The first read (GET and PTTL in one round trip), then the absent key
     // of get-many alone (absences are not kept).
-    assert_eq!(ran, BTreeMap::from([("get".to_owned(), 2), ("pttl".to_owned(), 2)]));
+    assert_eq!(
+        ran,
+        BTreeMap::from([("get".to_owned(), 1), ("mget".to_owned(), 1), ("pttl".to_owned(), 2)])
+    );
     assert_eq!(keyspace_metric(&keyspace, "near_cache_hits_total"), 5);
     assert_eq!(keyspace_metric(&keyspace, "near_cache_misses_total"), 2);
     assert!(keyspace_metric(&keyspace, "near_cache_bytes") > 0);
@@ -315,4 +319,15 @@ async fn a_hit_costs_one_redis_round_trip() {
     }
     let ran = commands_sent(monitor);
     assert_eq!(ran, BTreeMap::from([("evalsha".to_owned(), 50)]));
+}
+
+/// The near cache reads as the store behind it does: `get` of a value of
+/// another type fails, `get-many` (Redis' `MGET`) answers nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_another_type_read_as_redis_reads_them() {
+    let server = RedisServer::start();
+    let (_, keyspace) = near_cache(&server, NearCacheConfig::new(1 << 20)).await;
+    plain(&server, redis::cmd("RPUSH").arg("near:list").arg("x")).await;
+    assert_eq!(keyspace.get("list").await, Err(StoreError::WrongType));
+    assert_eq!(keyspace.get_many(&["list".to_owned()]).await.unwrap(), vec![None]);
 }

@@ -462,12 +462,13 @@ impl NearCache {
         outcome
     }
 
-    /// Reads `keys` from Redis over the tracking connection and keeps what
-    /// may be kept; over the shared connection, keeping nothing, while
-    /// there is no tracking connection.
-    async fn read_through(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    /// Reads `keys` from Redis over the tracking connection, as `get`
+    /// (one key) or `get-many` (`many`) would, and keeps what may be kept;
+    /// over the shared connection, keeping nothing, while there is no
+    /// tracking connection.
+    async fn read_through(&self, keys: &[&str], many: bool) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let Some(connection) = self.near.connection() else {
-            if let [key] = keys {
+            if let ([key], false) = (keys, many) {
                 return Ok(vec![self.redis.get(key).await?]);
             }
             let keys: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
@@ -475,7 +476,7 @@ impl NearCache {
         };
         let generations: Vec<u64> = keys.iter().map(|key| self.near.generation(key)).collect();
         let sent_at = Instant::now();
-        let read = self.redis.read_tracked(&connection, keys).await?;
+        let read = self.redis.read_tracked(&connection, keys, many).await?;
         Ok(keys
             .iter()
             .zip(generations)
@@ -548,7 +549,7 @@ impl Store for NearCache {
                 return Ok(Some(value));
             }
             self.near.metrics.misses.inc();
-            let mut values = self.read_through(&[key]).await?;
+            let mut values = self.read_through(&[key], false).await?;
             Ok(values.pop().flatten())
         })
     }
@@ -564,7 +565,7 @@ impl Store for NearCache {
                 return Ok(values);
             }
             let names: Vec<&str> = missing.iter().map(|&index| keys[index].as_str()).collect();
-            let read = self.read_through(&names).await?;
+            let read = self.read_through(&names, true).await?;
             for (index, value) in missing.into_iter().zip(read) {
                 values[index] = value;
             }

@@ -613,15 +613,17 @@ impl RedisStore {
 
     /// The values of `keys` and their remaining lifetimes (`PTTL`: -1 for
     /// none, -2 when gone) read over `connection`, in one round trip, with
-    /// the deadline and breaker of any call: `GET` for one key, `MGET` for
-    /// more (as [`Store::get`] and [`Store::get_many`] read them), then a
-    /// `PTTL` per key. The near cache reads through here: Redis tracks the
+    /// the deadline and breaker of any call: `GET` for one key, or `MGET`
+    /// when `many` (as [`Store::get`] and [`Store::get_many`] read them on a
+    /// single server: `MGET` answers nil for a value of another type where
+    /// `GET` fails), then a `PTTL` per key. The near cache reads through here: Redis tracks the
     /// keys a connection reads, so its tracking connection, not the shared
     /// one, must send the reads.
     pub(crate) async fn read_tracked(
         &self,
         connection: &MultiplexedConnection,
         keys: &[&str],
+        many: bool,
     ) -> Result<Vec<(Option<Vec<u8>>, i64)>, StoreError> {
         let Some(first) = keys.first() else {
             return Ok(Vec::new());
@@ -630,7 +632,7 @@ impl RedisStore {
         // Error replies come back as values, to be told apart (`WRONGTYPE`).
         pipeline.ignore_errors();
         match keys {
-            [key] => pipeline.get(key),
+            [key] if !many => pipeline.get(key),
             _ => pipeline.cmd("MGET").arg(keys),
         };
         for key in keys {
@@ -648,8 +650,8 @@ impl RedisStore {
             return Err(unexpected());
         }
         let ttls = replies.split_off(1);
-        let values: Vec<Option<Vec<u8>>> = match (keys, replies.pop()) {
-            ([_], Some(value)) => vec![FromRedisValue::from_redis_value(value).map_err(|e| classify(&e.into()))?],
+        let values: Vec<Option<Vec<u8>>> = match (many, replies.pop()) {
+            (false, Some(value)) => vec![FromRedisValue::from_redis_value(value).map_err(|e| classify(&e.into()))?],
             (_, Some(values)) => FromRedisValue::from_redis_value(values).map_err(|e| classify(&e.into()))?,
             (_, None) => return Err(unexpected()),
         };
