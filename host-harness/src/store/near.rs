@@ -275,17 +275,16 @@ impl Near {
     }
 
     /// Stops serving, if connection `id` is the one in use: from now on
-    /// invalidations may be missed. Whether it was.
-    fn suspend(&self, id: u64) -> bool {
+    /// invalidations may be missed.
+    fn suspend(&self, id: u64) {
         let mut tracking = self.tracking.write().unwrap_or_else(PoisonError::into_inner);
         if tracking.as_ref().is_none_or(|tracking| tracking.id != id) {
-            return false;
+            return;
         }
         self.serving.store(false, Ordering::Release);
         *tracking = None;
         drop(tracking);
         self.flush();
-        true
     }
 
     fn is_tracking_on(&self, id: u64) -> bool {
@@ -399,9 +398,7 @@ fn push_sender(near: Weak<Near>, id: u64) -> impl Fn(PushInfo) -> Result<(), ()>
         let Some(near) = near.upgrade() else { return Err(()) };
         match push.kind {
             PushKind::Invalidate => near.invalidated(&push.data),
-            PushKind::Disconnection => {
-                near.suspend(id);
-            }
+            PushKind::Disconnection => near.suspend(id),
             _ => {}
         }
         Ok(())
