@@ -1,7 +1,10 @@
 //! Where cached bytes live: a [`Store`]. Redis (one server or a Cluster,
-//! [`redis::RedisStore`]) and the embedded in-memory store
-//! ([`memory::MemoryStore`]) are two; a new one is a type that implements
-//! the trait, nothing else changes.
+//! [`redis::RedisStore`]), Redis behind a near cache in the harness
+//! ([`near::NearCache`]) and the embedded in-memory store
+//! ([`memory::MemoryStore`]) are the ones there are; a new one is a type
+//! that implements the trait, and a [`crate::StoreConfig`] case that opens
+//! it. (Not wasmtime's `Store`, an instance's state: where both are in
+//! scope, this one is named by its path.)
 //!
 //! Every store implements the same contract (see `wit/cache.wit`); the
 //! conformance suite in `tests/` runs against each so they cannot drift.
