@@ -331,3 +331,34 @@ async fn values_of_another_type_read_as_redis_reads_them() {
     assert_eq!(keyspace.get("list").await, Err(StoreError::WrongType));
     assert_eq!(keyspace.get_many(&["list".to_owned()]).await.unwrap(), vec![None]);
 }
+
+/// Started while Redis is down, the harness serves from the origin, and
+/// its near cache serves once Redis is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_without_redis_it_serves_once_redis_is_there() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let served = Served::start(harness_with_near_cache(&server)).await;
+    assert_eq!(served.get("/profiles/alice").await.status(), 200);
+    let (status, reason) = served.admin("/readyz").await;
+    assert_eq!(status, 503, "{reason}");
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, note) = served.admin("/readyz").await;
+        if status == 200 && note.contains("the near cache serves") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready with a near cache: {status} {note}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served.get("/profiles/alice").await;
+    served.get("/profiles/alice").await;
+    let hits = near_hits(&served);
+    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
+    assert_eq!(near_hits(&served), hits + 1);
+}
