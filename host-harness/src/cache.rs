@@ -2,8 +2,8 @@
 //! errors, and a trace event per operation.
 
 use crate::backend::{Backend, BoundedIncr, CacheError, CasOutcome, KeyPage, Ttl};
-use futures_util::future::try_join_all;
 use crate::metrics::StoreMetrics;
+use futures_util::future::try_join_all;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;

@@ -168,7 +168,9 @@ impl atomics::Host for KeyValue<'_> {
         };
         Ok(match self.bucket(&bucket)?.incr(&key, delta).await {
             Ok(value) => u64::try_from(value).map_err(|_| {
-                store::Error::Other(format!("the counter at {key:?} is negative ({value}) after the increment"))
+                store::Error::Other(format!(
+                    "the counter at {key:?} is negative ({value}) after the increment"
+                ))
             }),
             Err(CacheError::WrongType) => Err(store::Error::Other(format!(
                 "the value at {key:?} is not a decimal 64-bit integer"

@@ -223,7 +223,10 @@ fn listed_in_wit_readme(marker: &str) -> BTreeSet<String> {
 fn wit_readme_lists_exactly_what_the_built_components_import() {
     for (marker, component) in [
         ("The built edge function imports exactly:", BUILT_GUEST),
-        ("The built wasi:keyvalue test app imports exactly:", env!("KEYVALUE_GUEST")),
+        (
+            "The built wasi:keyvalue test app imports exactly:",
+            env!("KEYVALUE_GUEST"),
+        ),
     ] {
         let imports = WorldNames::of(&std::fs::read(component).expect("the component was built")).imports;
         assert_eq!(

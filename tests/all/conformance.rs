@@ -419,9 +419,16 @@ async fn kv_buckets_are_prefixes_apart(cache: &Cache) {
     let empty = guest.open("").await.unwrap();
     let default = guest.open("default").await.unwrap();
     let mut kv = guest.kv();
-    kv.set(lend(&empty), "shared".into(), b"1".to_vec()).await.unwrap().unwrap();
+    kv.set(lend(&empty), "shared".into(), b"1".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        kv.get(lend(&default), "shared".into()).await.unwrap().unwrap().as_deref(),
+        kv.get(lend(&default), "shared".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .as_deref(),
         Some(&b"1"[..])
     );
 }
@@ -456,16 +463,34 @@ async fn kv_increment(cache: &Cache) {
     kv.increment(lend(&counters), "n".into(), 1).await.unwrap().unwrap();
     assert!(matches!(scoped.ttl("n").await.unwrap(), Ttl::ExpiresIn(99..=100)));
 
-    kv.set(lend(&counters), "text".into(), b"abc".to_vec()).await.unwrap().unwrap();
-    let why = other(kv.increment(lend(&counters), "text".into(), 1).await.unwrap().unwrap_err());
+    kv.set(lend(&counters), "text".into(), b"abc".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    let why = other(
+        kv.increment(lend(&counters), "text".into(), 1)
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
     assert!(why.contains("not a decimal 64-bit integer"), "{why}");
-    let why = other(kv.increment(lend(&counters), "n".into(), u64::MAX).await.unwrap().unwrap_err());
+    let why = other(
+        kv.increment(lend(&counters), "n".into(), u64::MAX)
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
     assert!(why.contains("signed 64-bit"), "{why}");
     kv.set(lend(&counters), "big".into(), i64::MAX.to_string().into_bytes())
         .await
         .unwrap()
         .unwrap();
-    let why = other(kv.increment(lend(&counters), "big".into(), 1).await.unwrap().unwrap_err());
+    let why = other(
+        kv.increment(lend(&counters), "big".into(), 1)
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
     assert!(why.contains("overflow"), "{why}");
 
     // Atomic: concurrent increments from separate instances lose nothing.
@@ -492,14 +517,20 @@ async fn kv_batch(cache: &Cache) {
     let notes = guest.open("notes").await.unwrap();
     let mut kv = guest.kv();
     let entries = |pairs: &[(&str, &[u8])]| -> Vec<(String, Vec<u8>)> {
-        pairs.iter().map(|(key, value)| (key.to_string(), value.to_vec())).collect()
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_vec()))
+            .collect()
     };
     kv.set_many(lend(&notes), entries(&[("a", b"1"), ("b", b"2"), ("c", b"3")]))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        kv.get_many(lend(&notes), keys(&["a", "missing", "c"])).await.unwrap().unwrap(),
+        kv.get_many(lend(&notes), keys(&["a", "missing", "c"]))
+            .await
+            .unwrap()
+            .unwrap(),
         vec![
             Some(("a".to_owned(), b"1".to_vec())),
             None,
@@ -511,7 +542,10 @@ async fn kv_batch(cache: &Cache) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        kv.get_many(lend(&notes), keys(&["a", "b", "c"])).await.unwrap().unwrap(),
+        kv.get_many(lend(&notes), keys(&["a", "b", "c"]))
+            .await
+            .unwrap()
+            .unwrap(),
         vec![None, None, Some(("c".to_owned(), b"3".to_vec()))]
     );
     for empty in [
@@ -540,13 +574,26 @@ async fn kv_bad_input_is_the_wit_error(cache: &Cache) {
     let notes = guest.open("notes").await.unwrap();
     let mut kv = guest.kv();
     let long = "k".repeat(513);
-    let why = other(kv.set(lend(&notes), long.clone(), b"v".to_vec()).await.unwrap().unwrap_err());
+    let why = other(
+        kv.set(lend(&notes), long.clone(), b"v".to_vec())
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
     assert!(why.contains("at most 512 bytes, this one has 513"), "{why}");
     // The limit is on the key as the guest names it, not on the prefix.
-    kv.set(lend(&notes), "k".repeat(512), b"v".to_vec()).await.unwrap().unwrap();
+    kv.set(lend(&notes), "k".repeat(512), b"v".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
     let why = other(kv.get(lend(&notes), String::new()).await.unwrap().unwrap_err());
     assert!(why.contains("must not be empty"), "{why}");
-    let why = other(kv.exists(lend(&notes), "line\nbreak".into()).await.unwrap().unwrap_err());
+    let why = other(
+        kv.exists(lend(&notes), "line\nbreak".into())
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
     assert!(why.contains("control characters"), "{why}");
     let why = other(
         kv.set(lend(&notes), "big".into(), vec![0; 1024 * 1024 + 1])
@@ -585,7 +632,10 @@ async fn kv_list_keys(cache: &Cache) {
     let entries: Vec<(String, Vec<u8>)> = expected.iter().map(|key| (key.clone(), b"v".to_vec())).collect();
     kv.set_many(lend(&many), entries).await.unwrap().unwrap();
     // Neighbours that a careless prefix match would list.
-    kv.set(lend(&near), "y:key-0".into(), b"v".to_vec()).await.unwrap().unwrap();
+    kv.set(lend(&near), "y:key-0".into(), b"v".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
     cache.set("many:key-1", b"edge", None, false).await.unwrap();
     let (listed, pages) = list_all(&mut kv, &many).await;
     assert_eq!(listed, expected);
@@ -594,8 +644,14 @@ async fn kv_list_keys(cache: &Cache) {
     assert_eq!(listed, BTreeSet::from(["y:key-0".to_owned()]));
     assert_eq!(list_all(&mut kv, &empty).await, (BTreeSet::new(), 1));
     // Deleted keys go from the listing; new ones join it.
-    kv.delete_many(lend(&many), keys(&["key-0", "key-1"])).await.unwrap().unwrap();
-    kv.set(lend(&many), "late".into(), b"v".to_vec()).await.unwrap().unwrap();
+    kv.delete_many(lend(&many), keys(&["key-0", "key-1"]))
+        .await
+        .unwrap()
+        .unwrap();
+    kv.set(lend(&many), "late".into(), b"v".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
     let (listed, _) = list_all(&mut kv, &many).await;
     assert_eq!(listed.len(), 599);
     assert!(listed.contains("late") && !listed.contains("key-0"));

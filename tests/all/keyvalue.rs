@@ -53,18 +53,33 @@ async fn the_app_works(served: &Served) {
     assert_eq!(call(served, "GET", "/kv/notes/alpha", "").await, (404, "absent".into()));
     assert_eq!(call(served, "PUT", "/kv/notes/alpha", "first").await.0, 204);
     assert_eq!(call(served, "GET", "/kv/notes/alpha", "").await, (200, "first".into()));
-    assert_eq!(call(served, "GET", "/kv/notes/alpha?exists", "").await, (200, "true".into()));
-    assert_eq!(call(served, "GET", "/kv/other/alpha?exists", "").await, (200, "false".into()));
+    assert_eq!(
+        call(served, "GET", "/kv/notes/alpha?exists", "").await,
+        (200, "true".into())
+    );
+    assert_eq!(
+        call(served, "GET", "/kv/other/alpha?exists", "").await,
+        (200, "false".into())
+    );
     assert_eq!(call(served, "PUT", "/kv/notes/alpha", "second").await.0, 204);
     assert_eq!(call(served, "GET", "/kv/notes/alpha", "").await, (200, "second".into()));
 
     // atomics
-    assert_eq!(call(served, "POST", "/incr/counters/visits?by=5", "").await, (200, "5".into()));
-    assert_eq!(call(served, "POST", "/incr/counters/visits", "").await, (200, "6".into()));
+    assert_eq!(
+        call(served, "POST", "/incr/counters/visits?by=5", "").await,
+        (200, "5".into())
+    );
+    assert_eq!(
+        call(served, "POST", "/incr/counters/visits", "").await,
+        (200, "6".into())
+    );
     assert_eq!(call(served, "GET", "/kv/counters/visits", "").await, (200, "6".into()));
 
     // batch
-    assert_eq!(call(served, "POST", "/batch/notes", "b1=one\nb2=two\nb3=three").await.0, 204);
+    assert_eq!(
+        call(served, "POST", "/batch/notes", "b1=one\nb2=two\nb3=three").await.0,
+        204
+    );
     assert_eq!(
         call(served, "GET", "/batch/notes?keys=b1,nope,b3", "").await,
         (200, "b1=one\nnope (none)\nb3=three".into())
@@ -76,7 +91,10 @@ async fn the_app_works(served: &Served) {
     );
 
     // list-keys, through every page
-    assert_eq!(call(served, "GET", "/keys/notes", "").await, (200, "alpha\nb2\n".into()));
+    assert_eq!(
+        call(served, "GET", "/keys/notes", "").await,
+        (200, "alpha\nb2\n".into())
+    );
     let lines: Vec<String> = (0..1000).map(|n| format!("n{n:03}=v")).collect();
     assert_eq!(call(served, "POST", "/batch/many", &lines.join("\n")).await.0, 204);
     let response = served.get("/keys/many").await;
@@ -148,7 +166,10 @@ async fn a_wasi_keyvalue_app_runs_on_redis() {
         .await
         .unwrap();
     assert_eq!(value.as_deref(), Some("two"), "the layout README.md documents");
-    for counter in ["edge-cache:\u{1f}kv:default:hits", "edge-cache:\u{1f}kv:counters:visits"] {
+    for counter in [
+        "edge-cache:\u{1f}kv:default:hits",
+        "edge-cache:\u{1f}kv:counters:visits",
+    ] {
         let ttl: i64 = redis::cmd("TTL").arg(counter).query_async(&mut redis).await.unwrap();
         assert_eq!(ttl, -1, "{counter:?}: increment forces no expiry");
     }
@@ -187,7 +208,12 @@ async fn serve_takes_a_wasi_keyvalue_component_from_a_file() {
     .expect("a component importing wasi:keyvalue and wasi:http only is served");
     let served = Served::serve(harness).await;
     assert_eq!(call(&served, "GET", "/hits", "").await, (200, "1".into()));
-    let error = served.harness.instantiate().await.err().expect("no edge-function exports");
+    let error = served
+        .harness
+        .instantiate()
+        .await
+        .err()
+        .expect("no edge-function exports");
     assert!(error.to_string().contains("edge-function world"), "{error}");
 }
 
@@ -203,7 +229,10 @@ async fn a_key_the_acl_refuses_is_access_denied() {
         &NOTES,
     )
     .await;
-    assert_eq!(call(&served, "GET", "/kv/notes/k", "").await, (403, "access-denied".into()));
+    assert_eq!(
+        call(&served, "GET", "/kv/notes/k", "").await,
+        (403, "access-denied".into())
+    );
     assert_eq!(call(&served, "GET", "/hits", "").await, (403, "access-denied".into()));
 }
 

@@ -160,7 +160,8 @@ impl MemoryBackend {
     }
 
     pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-        self.add(key, delta, Some(ttl_if_new), None).map(|outcome| outcome.value)
+        self.add(key, delta, Some(ttl_if_new), None)
+            .map(|outcome| outcome.value)
     }
 
     pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
@@ -207,13 +208,7 @@ impl MemoryBackend {
 
     /// Adds `delta` to a counter, atomically, unless the result would pass
     /// `max`; a counter without expiry gets `ttl_if_new` seconds, if given.
-    fn add(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl_if_new: Option<u64>,
-        max: Option<i64>,
-    ) -> Result<BoundedIncr, CacheError> {
+    fn add(&self, key: &str, delta: i64, ttl_if_new: Option<u64>, max: Option<i64>) -> Result<BoundedIncr, CacheError> {
         let now = Instant::now();
         let mut outcome = Err(CacheError::Other("counter update did not run".into()));
         self.entries.entry_by_ref(key).and_compute_with(|current| {

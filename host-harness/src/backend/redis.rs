@@ -777,9 +777,7 @@ impl RedisBackend {
         for _ in 0..MAX_SCANS_PER_PAGE {
             node_slot = firsts[node];
             let breaker = self.shared.breakers.index_of_slot(node_slot);
-            let (next, found) = self
-                .scan_once(breaker, Some(node_slot), &pattern, node_cursor)
-                .await?;
+            let (next, found) = self.scan_once(breaker, Some(node_slot), &pattern, node_cursor).await?;
             add(found, &mut keys);
             node_cursor = next;
             if node_cursor == 0 {
@@ -812,7 +810,12 @@ impl RedisBackend {
         cursor: u64,
     ) -> Result<(u64, Vec<Vec<u8>>), CacheError> {
         let mut command = redis::cmd("SCAN");
-        command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_PAGE_KEYS);
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_PAGE_KEYS);
         self.bounded_at(breaker, |connection| async move {
             let reply = match (connection, slot) {
                 (Connection::Cluster(mut cluster), Some(slot)) => {
@@ -832,10 +835,15 @@ impl RedisBackend {
         let ranges: Vec<Value> = self
             .bounded_at(0, |connection| async move {
                 let Connection::Cluster(mut cluster) = connection else {
-                    return Err(RedisError::from((ErrorKind::Client, "CLUSTER SLOTS on a single server")));
+                    return Err(RedisError::from((
+                        ErrorKind::Client,
+                        "CLUSTER SLOTS on a single server",
+                    )));
                 };
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-                let reply = cluster.route_command(redis::cmd("CLUSTER").arg("SLOTS").to_owned(), route).await?;
+                let reply = cluster
+                    .route_command(redis::cmd("CLUSTER").arg("SLOTS").to_owned(), route)
+                    .await?;
                 Ok(redis::from_redis_value(reply)?)
             })
             .await?;
