@@ -93,6 +93,9 @@ impl From<StoreError> for cache::Error {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(why) => Self::Unavailable(why),
+            // The contract has no variant of its own for it, and the
+            // component acts on it as on an outage: it serves without cache.
+            StoreError::AccessDenied(why) => Self::Unavailable(format!("permission denied: {why}")),
             StoreError::Timeout(_) => Self::Timeout,
             StoreError::InvalidKey(why) => Self::InvalidKey(why),
             StoreError::ValueTooLarge { limit } => Self::ValueTooLarge(limit),

@@ -7,6 +7,7 @@ mod composition;
 mod conformance;
 mod hostile;
 mod http;
+mod keyvalue;
 mod near_cache;
 mod redis_faults;
 mod redis_ops;

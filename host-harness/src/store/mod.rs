@@ -26,6 +26,10 @@ use thiserror::Error;
 pub enum StoreError {
     #[error("cache unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the command for this client (a Redis ACL that does
+    /// not grant the key or the command): a setting to fix, not an outage.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     #[error("cache command timed out after {0:?}")]
     Timeout(Duration),
     #[error("invalid key: {0}")]
@@ -45,6 +49,7 @@ impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Unavailable(_) => "unavailable",
+            Self::AccessDenied(_) => "access-denied",
             Self::Timeout(_) => "timeout",
             Self::InvalidKey(_) => "invalid-key",
             Self::ValueTooLarge { .. } => "value-too-large",
@@ -77,6 +82,19 @@ pub enum CasOutcome {
     Swapped,
     Conflict(Option<Vec<u8>>),
 }
+
+/// One page of the keys under a prefix (see [`Store::scan_prefix`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Full keys, the prefix included, each at most once in the page.
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` when the scan is complete.
+    pub cursor: Option<u64>,
+}
+
+/// The most keys a page of [`Store::scan_prefix`] aims for: a few
+/// hundred KiB at the longest keys, small enough for any guest's memory.
+pub const SCAN_PAGE_KEYS: usize = 256;
 
 /// What a [`Store`] call returns: a boxed future, so that the trait can be
 /// used as `dyn Store`. One allocation per call, a few dozen instructions
@@ -133,6 +151,17 @@ pub trait Store: Send + Sync + 'static {
     /// Adds `delta` to a counter, atomically; a counter without expiry gets
     /// `ttl_if_new` seconds. The value after.
     fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl_if_new: u64) -> StoreFuture<'a, i64>;
+
+    /// Adds `delta` to a counter, atomically, leaving its expiry (or its
+    /// absence) as it is: `INCRBY`. A missing key counts as 0 and is
+    /// created without expiry.
+    fn incr<'a>(&'a self, key: &'a str, delta: i64) -> StoreFuture<'a, i64>;
+
+    /// Lists the live keys starting with `prefix`, a page at a time, from
+    /// `cursor` (0 to start). Every key present for the whole scan is
+    /// listed at least once; keys written or removed meanwhile may or may
+    /// not be. The cursor is the store's own; it means nothing to another.
+    fn scan_prefix<'a>(&'a self, prefix: &'a str, cursor: u64) -> StoreFuture<'a, KeyPage>;
 
     /// [`Self::incr_by`], unless the result would pass `max`.
     fn incr_by_bounded<'a>(

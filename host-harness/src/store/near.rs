@@ -34,7 +34,7 @@
 
 use super::breaker::BreakerGauges;
 use super::redis::{ConnectError, RedisConfig, RedisStore};
-use super::{BoundedIncr, CasOutcome, Store, StoreError, StoreFuture, Ttl};
+use super::{BoundedIncr, CasOutcome, KeyPage, Store, StoreError, StoreFuture, Ttl};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -598,6 +598,14 @@ impl Store for NearCache {
 
     fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl_if_new: u64) -> StoreFuture<'a, i64> {
         Box::pin(self.written([key], self.redis.incr_by(key, delta, ttl_if_new)))
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, delta: i64) -> StoreFuture<'a, i64> {
+        Box::pin(self.written([key], self.redis.incr(key, delta)))
+    }
+
+    fn scan_prefix<'a>(&'a self, prefix: &'a str, cursor: u64) -> StoreFuture<'a, KeyPage> {
+        self.redis.scan_prefix(prefix, cursor)
     }
 
     fn incr_by_bounded<'a>(
