@@ -14,8 +14,8 @@
 //! - `get` and `get-many` (each key) are answered from the near cache when
 //!   it holds the key; everything else goes to Redis.
 //! - A write by another client is seen once its invalidation has reached
-//!   this harness: the one-way trip from Redis, pushed when the write
-//!   executes, before its writer has its answer.
+//!   this harness: Redis queues it when the write executes and sends it
+//!   with the writer's answer, so the bound is its one-way trip here.
 //! - A write through this harness invalidates its key here when Redis
 //!   answers it, so the harness reads its own writes.
 //! - Only values are kept, not absences, and only values of at most
