@@ -22,6 +22,7 @@
 //!   cannot release its successor's lock.
 
 use crate::host::{Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
+pub use edge_cache_contract::cache_aside::Settings;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -32,35 +33,6 @@ pub const MAX_ID_LEN: usize = 64;
 /// Cache keys carry a format version: a new entry format gets new keys and
 /// can never misread old entries.
 pub const KEY_PREFIX: &str = "profile:v1:";
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
-    /// How long an entry is fresh, in seconds.
-    pub ttl_seconds: u64,
-    /// How long past freshness an entry may still be served while one
-    /// request refreshes it (stale-while-revalidate), in seconds.
-    pub stale_seconds: u64,
-    /// How long an unknown id is remembered as absent, in seconds.
-    pub negative_ttl_seconds: u64,
-    /// How long a request that missed waits for another request's fill
-    /// before asking the origin itself, in milliseconds.
-    pub fill_wait_ms: u64,
-    /// XFetch's β: 0 disables early refresh, 1 is the usual setting, larger
-    /// values refresh earlier.
-    pub early_refresh_beta: f64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            ttl_seconds: 600,
-            stale_seconds: 60,
-            negative_ttl_seconds: 30,
-            fill_wait_ms: 1000,
-            early_refresh_beta: 1.0,
-        }
-    }
-}
 
 /// How long a fill or refresh lock lives if its holder dies.
 const LOCK_TTL_SECONDS: u64 = 5;

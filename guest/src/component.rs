@@ -14,8 +14,7 @@ mod bindings {
 }
 
 use crate::cache_aside::{ProfileError, Profiles, Settings, Source};
-use crate::config::Config;
-use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
+use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Origin, OriginError, Ttl};
 use crate::http;
 use crate::rate_limit::{self, Algorithm, Decision, DegradedReason, FailMode, Policy, RateLimitError};
 use bindings::edge::cache::{cache as wit_cache, origin as wit_origin, telemetry as wit_telemetry};
@@ -25,6 +24,7 @@ use bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use bindings::wasi::io::streams::StreamError;
+use edge_cache_contract::config::Config;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +71,26 @@ impl Cache for HostCache {
 
     fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
         Ok(wit_cache::delete(&borrowed(keys))?)
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        Ok(wit_cache::exists(key)?)
+    }
+
+    fn expire(&self, key: &str, ttl_seconds: u64) -> Result<bool, CacheError> {
+        Ok(wit_cache::expire(key, ttl_seconds)?)
+    }
+
+    fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
+        Ok(match wit_cache::ttl(key)? {
+            wit_cache::TtlState::Missing => Ttl::Missing,
+            wit_cache::TtlState::Persistent => Ttl::Persistent,
+            wit_cache::TtlState::ExpiresIn(seconds) => Ttl::ExpiresIn(seconds),
+        })
+    }
+
+    fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+        Ok(wit_cache::incr_by(key, delta, ttl_if_new)?)
     }
 
     fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {

@@ -4,49 +4,7 @@
 //! logic modules only see the traits, so `cargo test` runs them natively
 //! against the in-memory host in [`memory`].
 
-use std::fmt;
-
-/// A failed cache operation, mirroring `edge:cache/cache.error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CacheError {
-    Unavailable(String),
-    Timeout,
-    InvalidKey(String),
-    ValueTooLarge(u64),
-    WrongType,
-    InvalidArgument(String),
-    Other(String),
-}
-
-impl fmt::Display for CacheError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unavailable(why) => write!(f, "cache unavailable: {why}"),
-            Self::Timeout => f.write_str("cache timed out"),
-            Self::InvalidKey(why) => write!(f, "invalid cache key: {why}"),
-            Self::ValueTooLarge(limit) => {
-                write!(f, "value larger than the cache limit of {limit} bytes")
-            }
-            Self::WrongType => f.write_str("cache value has the wrong type"),
-            Self::InvalidArgument(why) => write!(f, "invalid cache argument: {why}"),
-            Self::Other(why) => write!(f, "cache error: {why}"),
-        }
-    }
-}
-
-/// The outcome of [`Cache::incr_by_bounded`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BoundedIncr {
-    pub applied: bool,
-    pub value: i64,
-}
-
-/// The outcome of [`Cache::compare_and_swap`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CasOutcome {
-    Swapped,
-    Conflict(Option<Vec<u8>>),
-}
+pub use edge_cache_contract::cache::{BoundedIncr, CacheError, CasOutcome, Ttl};
 
 /// `edge:cache/cache`, as far as the guest's algorithms use it.
 pub trait Cache {
@@ -54,6 +12,10 @@ pub trait Cache {
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError>;
     fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError>;
     fn delete(&self, keys: &[String]) -> Result<u32, CacheError>;
+    fn exists(&self, key: &str) -> Result<bool, CacheError>;
+    fn expire(&self, key: &str, ttl_seconds: u64) -> Result<bool, CacheError>;
+    fn ttl(&self, key: &str) -> Result<Ttl, CacheError>;
+    fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError>;
     fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError>;
     fn compare_and_swap(
         &self,
@@ -92,9 +54,12 @@ pub trait Clock {
 #[cfg(test)]
 pub mod memory {
     //! An in-memory host for the native unit tests: the cache contract's
-    //! semantics (TTL, atomic counters, CAS) on a controllable clock.
+    //! semantics (TTL, atomic counters, CAS, the default key and value
+    //! limits) on a controllable clock. It runs the contract's conformance
+    //! suite, as the harness's backends do.
 
     use super::*;
+    use edge_cache_contract::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
@@ -157,15 +122,40 @@ pub mod memory {
     }
 
     impl MemoryCache {
-        fn begin(&self) -> Result<(), CacheError> {
+        /// Counts a call and lets other instances act, then checks its keys
+        /// as a host does.
+        fn begin(&self, keys: &[&str]) -> Result<(), CacheError> {
             self.calls.set(self.calls.get() + 1);
             if let Some(interleave) = self.interleave.borrow().as_ref() {
                 interleave(self);
             }
-            match &*self.failure.borrow() {
-                Some(error) => Err(error.clone()),
-                None => Ok(()),
+            if let Some(error) = &*self.failure.borrow() {
+                return Err(error.clone());
             }
+            for key in keys {
+                if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                    return Err(CacheError::InvalidKey(format!(
+                        "a key has 1 to {MAX_KEY_BYTES} bytes, not {}",
+                        key.len()
+                    )));
+                }
+                if key.bytes().any(|byte| byte.is_ascii_control()) {
+                    return Err(CacheError::InvalidKey("a key holds no control characters".into()));
+                }
+            }
+            Ok(())
+        }
+
+        fn writable(value: &[u8], ttl: Option<u64>) -> Result<(), CacheError> {
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(CacheError::ValueTooLarge(MAX_VALUE_BYTES as u64));
+            }
+            if ttl == Some(0) {
+                return Err(CacheError::InvalidArgument(
+                    "a time-to-live is at least 1 second".into(),
+                ));
+            }
+            Ok(())
         }
 
         fn live(&self, key: &str) -> Option<Entry> {
@@ -234,19 +224,20 @@ pub mod memory {
 
     impl Cache for MemoryCache {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-            self.begin()?;
+            self.begin(&[key])?;
             self.readable(key)?;
             Ok(self.raw(key))
         }
 
         fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-            self.begin()?;
+            self.begin(&keys.iter().map(String::as_str).collect::<Vec<_>>())?;
             keys.iter().try_for_each(|key| self.readable(key))?;
             Ok(keys.iter().map(|key| self.raw(key)).collect())
         }
 
         fn set(&self, key: &str, value: &[u8], ttl: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError> {
-            self.begin()?;
+            self.begin(&[key])?;
+            Self::writable(value, ttl)?;
             if only_if_absent && (self.live(key).is_some() || self.wrong_type.borrow().contains(key)) {
                 return Ok(false);
             }
@@ -258,7 +249,7 @@ pub mod memory {
         }
 
         fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
-            self.begin()?;
+            self.begin(&keys.iter().map(String::as_str).collect::<Vec<_>>())?;
             let mut removed = 0;
             for key in keys {
                 if self.live(key).is_some() || self.wrong_type.borrow_mut().remove(key) {
@@ -269,11 +260,55 @@ pub mod memory {
             Ok(removed)
         }
 
-        fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {
-            self.begin()?;
+        fn exists(&self, key: &str) -> Result<bool, CacheError> {
+            self.begin(&[key])?;
+            Ok(self.live(key).is_some() || self.wrong_type.borrow().contains(key))
+        }
+
+        fn expire(&self, key: &str, ttl_seconds: u64) -> Result<bool, CacheError> {
+            self.begin(&[key])?;
+            Self::writable(&[], Some(ttl_seconds))?;
+            let Some((value, _)) = self.live(key) else {
+                return Ok(false);
+            };
+            self.entries
+                .borrow_mut()
+                .insert(key.to_owned(), (value, self.deadline(Some(ttl_seconds))));
+            Ok(true)
+        }
+
+        fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
+            self.begin(&[key])?;
+            Ok(match self.ttl_of(key) {
+                None => Ttl::Missing,
+                Some(None) => Ttl::Persistent,
+                Some(Some(seconds)) => Ttl::ExpiresIn(seconds),
+            })
+        }
+
+        fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+            self.begin(&[key])?;
+            Self::writable(&[], Some(ttl_if_new))?;
             self.readable(key)?;
             let (current, expires) = self.counter(key)?;
-            let next = current + delta;
+            let next = current
+                .checked_add(delta)
+                .ok_or_else(|| CacheError::InvalidArgument("the counter would overflow".into()))?;
+            let expires = expires.or(self.deadline(Some(ttl_if_new)));
+            self.entries
+                .borrow_mut()
+                .insert(key.to_owned(), (next.to_string().into_bytes(), expires));
+            Ok(next)
+        }
+
+        fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {
+            self.begin(&[key])?;
+            Self::writable(&[], Some(ttl_if_new))?;
+            self.readable(key)?;
+            let (current, expires) = self.counter(key)?;
+            let next = current
+                .checked_add(delta)
+                .ok_or_else(|| CacheError::InvalidArgument("the counter would overflow".into()))?;
             if next > max {
                 return Ok(BoundedIncr {
                     applied: false,
@@ -297,7 +332,8 @@ pub mod memory {
             new: &[u8],
             ttl: Option<u64>,
         ) -> Result<CasOutcome, CacheError> {
-            self.begin()?;
+            self.begin(&[key])?;
+            Self::writable(new, ttl)?;
             self.readable(key)?;
             let current = self.raw(key);
             if current.as_deref() != expected {
@@ -310,7 +346,7 @@ pub mod memory {
         }
 
         fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
-            self.begin()?;
+            self.begin(&[key])?;
             self.readable(key)?;
             if self.raw(key).as_deref() != Some(expected) {
                 return Ok(false);
@@ -318,6 +354,104 @@ pub mod memory {
             self.entries.borrow_mut().remove(key);
             Ok(true)
         }
+    }
+
+    /// The contract's cases call the same methods, through futures that are
+    /// ready at once; time passes on the manual clock.
+    impl edge_cache_contract::conformance::CacheUnderTest for MemoryCache {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+            Cache::get(self, key)
+        }
+
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+            Cache::get_many(self, keys)
+        }
+
+        async fn set(
+            &self,
+            key: &str,
+            value: &[u8],
+            ttl: Option<u64>,
+            only_if_absent: bool,
+        ) -> Result<bool, CacheError> {
+            Cache::set(self, key, value, ttl, only_if_absent)
+        }
+
+        async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
+            Cache::delete(self, keys)
+        }
+
+        async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+            Cache::exists(self, key)
+        }
+
+        async fn expire(&self, key: &str, ttl_seconds: u64) -> Result<bool, CacheError> {
+            Cache::expire(self, key, ttl_seconds)
+        }
+
+        async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
+            Cache::ttl(self, key)
+        }
+
+        async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+            Cache::incr_by(self, key, delta, ttl_if_new)
+        }
+
+        async fn incr_by_bounded(
+            &self,
+            key: &str,
+            delta: i64,
+            ttl_if_new: u64,
+            max: i64,
+        ) -> Result<BoundedIncr, CacheError> {
+            Cache::incr_by_bounded(self, key, delta, ttl_if_new, max)
+        }
+
+        async fn compare_and_swap(
+            &self,
+            key: &str,
+            expected: Option<&[u8]>,
+            new: &[u8],
+            ttl: Option<u64>,
+        ) -> Result<CasOutcome, CacheError> {
+            Cache::compare_and_swap(self, key, expected, new, ttl)
+        }
+
+        async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+            Cache::compare_and_delete(self, key, expected)
+        }
+
+        async fn pass_time(&self, ms: u64) {
+            self.clock.advance(ms);
+        }
+    }
+
+    /// The contract's conformance suite, one test per case.
+    mod conformance {
+        use super::MemoryCache;
+        use std::future::Future;
+        use std::pin::pin;
+        use std::task::{Context, Poll, Waker};
+
+        /// Runs a case to its end: the in-memory host never makes it wait.
+        fn run(case: impl Future<Output = ()>) {
+            let mut context = Context::from_waker(Waker::noop());
+            match pin!(case).poll(&mut context) {
+                Poll::Ready(()) => {}
+                Poll::Pending => panic!("the in-memory host never waits"),
+            }
+        }
+
+        macro_rules! conformance {
+            ($($case:ident),* $(,)?) => {
+                $(#[test]
+                fn $case() {
+                    run(edge_cache_contract::conformance::$case(&MemoryCache::default()));
+                })*
+            };
+        }
+
+        edge_cache_contract::for_each_case!(conformance);
     }
 
     #[derive(Default)]

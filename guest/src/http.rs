@@ -8,24 +8,14 @@
 //! bodies (`application/problem+json`).
 
 use crate::cache_aside::{ProfileError, Profiles, Source};
-use crate::config::{CallerClass, Config, Route};
 use crate::host::{Cache, Clock, Origin};
 use crate::rate_limit::{self, Decision, DegradedReason, Policy};
-use serde::Serialize;
+use edge_cache_contract::config::{CallerClass, Config, Route};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 
-/// The header in which the host passes the client's address. The host sets it
-/// on every request, replacing whatever the client sent, so it cannot be
-/// spoofed.
-pub const CLIENT_IP_HEADER: &str = "x-edge-client-ip";
-
-/// The header that identifies an API client; its value is a secret, so only a
-/// digest of it is ever used as a key.
-pub const API_KEY_HEADER: &str = "x-api-key";
-
-/// What every problem type of this function starts with.
-const PROBLEM_TYPE_PREFIX: &str = "urn:edge-cache:problem:";
+use edge_cache_contract::problem;
+pub use edge_cache_contract::{API_KEY_HEADER, CLIENT_IP_HEADER};
 
 /// The largest request body accepted (a profile is small).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -82,12 +72,12 @@ impl Response {
         }
     }
 
-    /// An RFC 9457 problem response (see [`problem_body`]).
+    /// An RFC 9457 problem response (see [`problem::body`]).
     pub fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Self {
         Self {
             status,
-            headers: with_content_type(PROBLEM_CONTENT_TYPE),
-            body: problem_body(status, kind, title, detail),
+            headers: with_content_type(problem::CONTENT_TYPE),
+            body: problem::body(status, kind, title, detail),
             decision: None,
         }
     }
@@ -120,32 +110,6 @@ fn with_content_type(content_type: &'static str) -> Vec<(&'static str, Cow<'stat
     let mut headers = Vec::with_capacity(RESPONSE_HEADERS);
     headers.push(("content-type", Cow::Borrowed(content_type)));
     headers
-}
-
-/// The content type of [`problem_body`]'s bodies.
-pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
-
-/// An RFC 9457 problem body of type `urn:edge-cache:problem:{kind}`: the one
-/// format of this function's errors, and of the harness's own.
-pub fn problem_body(status: u16, kind: &str, title: &str, detail: &str) -> Vec<u8> {
-    // Serialized from a struct, not a `json!` map: every denied request
-    // answers with one, so it is a hot path under load.
-    #[derive(Serialize)]
-    struct Problem<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        title: &'a str,
-        status: u16,
-        detail: &'a str,
-    }
-    let kind = [PROBLEM_TYPE_PREFIX, kind].concat();
-    let problem = Problem {
-        kind: &kind,
-        title,
-        status,
-        detail,
-    };
-    serde_json::to_vec(&problem).expect("a problem of strings always serializes")
 }
 
 /// Who is calling: a digest of the API key when there is one, otherwise the

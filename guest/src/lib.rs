@@ -5,7 +5,6 @@
 //! (bindings and the thin export layer) is compiled for `wasm32` only.
 
 pub mod cache_aside;
-pub mod config;
 pub mod host;
 pub mod http;
 pub mod rate_limit;

@@ -54,7 +54,7 @@ impl incoming_handler::Guest for Floor {
         drop(request);
         let client = headers
             .iter()
-            .find(|(name, _)| name == "x-edge-client-ip")
+            .find(|(name, _)| name == edge_cache_contract::CLIENT_IP_HEADER)
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
             .unwrap_or("anonymous");
 
