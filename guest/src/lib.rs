@@ -4,10 +4,9 @@
 //! in [`host`], so `cargo test` runs it natively. The WebAssembly component
 //! (bindings and the thin export layer) is compiled for `wasm32` only.
 
-pub mod cache_aside;
-pub mod host;
 pub mod http;
-pub mod rate_limit;
+
+pub use edge_cache_sdk::{cache_aside, host, rate_limit};
 
 #[cfg(target_arch = "wasm32")]
 mod component;

@@ -1,8 +1,8 @@
-//! What the guest needs from its host, as plain Rust traits.
+//! What a function needs from its host, as plain Rust traits.
 //!
-//! The WIT imports are implemented on these traits in the export layer; the
-//! logic modules only see the traits, so `cargo test` runs them natively
-//! against the in-memory host in [`memory`].
+//! In a component, [`Host`](crate::Host) implements them on the WIT
+//! imports; the logic only sees the traits, so `cargo test` runs it natively
+//! against the in-memory host in [`memory`] (also [`crate::testing`]).
 
 pub use edge_cache_contract::cache::{BoundedIncr, CacheError, CasOutcome, Ttl};
 
@@ -51,7 +51,6 @@ pub trait Clock {
     fn random(&self) -> f64;
 }
 
-#[cfg(test)]
 pub mod memory {
     //! An in-memory host for the native unit tests: the cache contract's
     //! semantics (TTL, atomic counters, CAS, the default key and value
@@ -427,6 +426,7 @@ pub mod memory {
     }
 
     /// The contract's conformance suite, one test per case.
+    #[cfg(test)]
     mod conformance {
         use super::MemoryCache;
         use std::future::Future;
