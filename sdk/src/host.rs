@@ -6,17 +6,28 @@
 
 pub use edge_cache_contract::cache::{BoundedIncr, CacheError, CasOutcome, Ttl};
 
-/// `edge:cache/cache`, as far as the guest's algorithms use it.
+/// `edge:cache/cache` (`wit/cache.wit`, where each function's contract is
+/// written out).
 pub trait Cache {
+    /// Reads a key; `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
+    /// Reads several keys, answering in their order.
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError>;
+    /// Writes a key (only if absent, if asked); whether it wrote.
     fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>, only_if_absent: bool) -> Result<bool, CacheError>;
+    /// Removes keys; how many existed.
     fn delete(&self, keys: &[String]) -> Result<u32, CacheError>;
+    /// Whether a key exists.
     fn exists(&self, key: &str) -> Result<bool, CacheError>;
+    /// Sets a key's time-to-live; false when it does not exist.
     fn expire(&self, key: &str, ttl_seconds: u64) -> Result<bool, CacheError>;
+    /// A key's remaining lifetime.
     fn ttl(&self, key: &str) -> Result<Ttl, CacheError>;
+    /// Adds to a counter atomically, giving a key without expiry `ttl_if_new`.
     fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError>;
+    /// Like `incr_by`, unless the result would pass `max`.
     fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError>;
+    /// Replaces a value that equals `expected` (`None`: absent).
     fn compare_and_swap(
         &self,
         key: &str,
@@ -26,19 +37,6 @@ pub trait Cache {
     ) -> Result<CasOutcome, CacheError>;
     /// Deletes `key` only while it holds `expected`; whether it did.
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError>;
-}
-
-/// A failed origin operation, mirroring `edge:cache/origin.error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OriginError {
-    Unavailable(String),
-    InvalidProfile(String),
-}
-
-/// `edge:cache/origin`: the source of truth for profiles.
-pub trait Origin {
-    fn fetch(&self, id: &str) -> Result<Option<String>, OriginError>;
-    fn update(&self, id: &str, profile: &str) -> Result<bool, OriginError>;
 }
 
 /// Time and chance, from WASI in the component and controllable in tests.
@@ -70,7 +68,9 @@ pub mod memory {
 
     /// A clock that only moves when told to (or when slept on).
     pub struct ManualClock {
+        /// Milliseconds since the Unix epoch.
         pub now: Cell<u64>,
+        /// What `random` answers.
         pub random: Cell<f64>,
         /// How many times `random` was asked.
         pub draws: Cell<u32>,
@@ -87,6 +87,7 @@ pub mod memory {
     }
 
     impl ManualClock {
+        /// Moves the clock forward.
         pub fn advance(&self, ms: u64) {
             self.now.set(self.now.get() + ms);
         }
@@ -107,12 +108,21 @@ pub mod memory {
         }
     }
 
+    /// `edge:cache/cache` in memory, with the contract's semantics and
+    /// default limits, on a [`ManualClock`]; and levers for tests: a failure
+    /// to answer every call with, a count of calls (round trips), and a hook
+    /// that stands for other instances.
     #[derive(Default)]
     pub struct MemoryCache {
         entries: RefCell<HashMap<String, Entry>>,
+        /// The clock its expiry follows.
         pub clock: ManualClock,
+        /// When set, every call fails with it.
         pub failure: RefCell<Option<CacheError>>,
+        /// How many calls were made.
         pub calls: Cell<u32>,
+        /// The rate limit decisions reported to it, in order.
+        pub decisions: RefCell<Vec<crate::rate_limit::Decision>>,
         /// Runs before each call, to simulate other instances writing.
         pub interleave: RefCell<Option<Interleave>>,
         /// Keys holding a value of another type (a Redis list): every
@@ -186,14 +196,17 @@ pub mod memory {
             }
         }
 
+        /// Stores bytes without a call or an expiry, as another client would.
         pub fn insert_raw(&self, key: &str, value: &[u8]) {
             self.entries.borrow_mut().insert(key.to_owned(), (value.to_vec(), None));
         }
 
+        /// The live value of `key`, without a call.
         pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
             self.live(key).map(|(value, _)| value)
         }
 
+        /// The live keys, sorted, without a call.
         pub fn keys(&self) -> Vec<String> {
             let mut keys: Vec<String> = self
                 .entries
@@ -355,6 +368,27 @@ pub mod memory {
         }
     }
 
+    /// The in-memory host is a whole host: its clock is the cache's.
+    impl Clock for MemoryCache {
+        fn now_ms(&self) -> u64 {
+            self.clock.now_ms()
+        }
+
+        fn sleep_ms(&self, ms: u64) {
+            self.clock.sleep_ms(ms);
+        }
+
+        fn random(&self) -> f64 {
+            self.clock.random()
+        }
+    }
+
+    impl crate::rate_limit::Telemetry for MemoryCache {
+        fn report(&self, decision: &crate::rate_limit::Decision) {
+            self.decisions.borrow_mut().push(decision.clone());
+        }
+    }
+
     /// The contract's cases call the same methods, through futures that are
     /// ready at once; time passes on the manual clock.
     impl edge_cache_contract::conformance::CacheUnderTest for MemoryCache {
@@ -452,46 +486,5 @@ pub mod memory {
         }
 
         edge_cache_contract::for_each_case!(conformance);
-    }
-
-    #[derive(Default)]
-    pub struct MemoryOrigin {
-        pub profiles: RefCell<HashMap<String, String>>,
-        pub reads: Cell<u32>,
-        pub down: Cell<bool>,
-    }
-
-    impl MemoryOrigin {
-        pub fn with(profiles: &[(&str, &str)]) -> Self {
-            let origin = Self::default();
-            for (id, json) in profiles {
-                origin
-                    .profiles
-                    .borrow_mut()
-                    .insert((*id).to_owned(), (*json).to_owned());
-            }
-            origin
-        }
-    }
-
-    impl Origin for MemoryOrigin {
-        fn fetch(&self, id: &str) -> Result<Option<String>, OriginError> {
-            if self.down.get() {
-                return Err(OriginError::Unavailable("origin is down".into()));
-            }
-            self.reads.set(self.reads.get() + 1);
-            Ok(self.profiles.borrow().get(id).cloned())
-        }
-
-        fn update(&self, id: &str, profile: &str) -> Result<bool, OriginError> {
-            if self.down.get() {
-                return Err(OriginError::Unavailable("origin is down".into()));
-            }
-            Ok(self
-                .profiles
-                .borrow_mut()
-                .insert(id.to_owned(), profile.to_owned())
-                .is_none())
-        }
     }
 }

@@ -13,8 +13,13 @@
 //! Redis Cluster slot. Time comes in as `now_ms` (wall clock, milliseconds),
 //! so every edge is testable.
 
+mod headers;
+mod telemetry;
+
 use crate::host::{Cache, CacheError, CasOutcome};
 pub use edge_cache_contract::policy::{Algorithm, FailMode, Policy};
+pub use headers::{DEGRADED_HEADER, headers, retry_after};
+pub use telemetry::Telemetry;
 
 /// The longest accepted caller key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -55,12 +60,18 @@ fn validate_policy(policy: &Policy) -> Result<(), RateLimitError> {
     Ok(())
 }
 
+/// The answer to a check (`edge:cache/rate-limit`'s `decision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the request may proceed.
     pub allowed: bool,
+    /// The policy's limit.
     pub limit: u32,
+    /// Units of cost still available.
     pub remaining: u32,
+    /// Milliseconds until the quota is whole again.
     pub reset_after_ms: u64,
+    /// When denied, milliseconds until the same cost can be allowed.
     pub retry_after_ms: u64,
     /// Why the decision was made without the cache, when it was.
     pub degraded: Option<Degraded>,
@@ -70,13 +81,19 @@ pub struct Decision {
 /// headers and the host's count) and the details (for logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Degraded {
+    /// What kind of failure.
     pub reason: DegradedReason,
+    /// The failure, for logs.
     pub detail: String,
 }
 
+/// Why a decision was made without the cache (`edge:cache/telemetry`'s
+/// `degraded-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DegradedReason {
+    /// The cache could not be reached.
     CacheUnavailable,
+    /// The cache did not answer in time.
     CacheTimeout,
     /// Any other cache error, such as a value that is not a counter.
     CacheError,
@@ -110,10 +127,14 @@ impl From<&CacheError> for Degraded {
     }
 }
 
+/// Why a check could not be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitError {
+    /// The policy is unusable; says why.
     InvalidPolicy(String),
+    /// The key is empty or too long.
     InvalidKey(String),
+    /// The cost is zero or more than the policy allows at once.
     InvalidCost(String),
     /// Only from [`reset`]: checks decide by the fail mode instead.
     Unavailable(String),

@@ -95,12 +95,13 @@ struct App {
     compare_and_swap: Script,
 }
 
-/// The guest's cache entry, byte for byte; like the guest, it keeps the
-/// profile as the compact text it answers with.
+/// The guest's cache entry (the SDK's cache-aside envelope), byte for byte;
+/// like the guest, it keeps the profile as the compact text it answers with.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     fresh_until: u64,
     compute_ms: u64,
+    #[serde(rename = "value")]
     profile: Option<Box<RawValue>>,
 }
 
@@ -245,7 +246,7 @@ impl App {
         if let Err(why) = validate_id(id) {
             return problem(StatusCode::BAD_REQUEST, "invalid-id", "Invalid profile id", &why);
         }
-        let key = self.key(&format!("profile:v1:{id}"));
+        let key = self.key(&format!("profile:v2:{id}"));
         let mut redis = self.redis.clone();
         let (entry, source) = match self.redis(redis.get::<_, Option<Vec<u8>>>(&key)).await {
             Ok(stored) => match stored.as_deref().and_then(fresh) {
