@@ -6,6 +6,13 @@ fn main() {
     let misbehaving =
         edge_cache_build_support::build_component(workspace, "misbehaving-guest", &["tests/guests/misbehaving"]);
     println!("cargo:rustc-env=MISBEHAVING_GUEST={}", misbehaving.display());
-    let gateway = edge_cache_build_support::build_component(workspace, "gateway", &["examples/gateway"]);
+    let gateway =
+        edge_cache_build_support::build_component(workspace, "gateway", &["examples/gateway", "sdk", "contract"]);
     println!("cargo:rustc-env=GATEWAY_COMPONENT={}", gateway.display());
+    let codes = edge_cache_build_support::build_component(
+        workspace,
+        "one-time-codes",
+        &["examples/one-time-codes", "sdk", "contract"],
+    );
+    println!("cargo:rustc-env=ONE_TIME_CODES_COMPONENT={}", codes.display());
 }
