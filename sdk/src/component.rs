@@ -1,16 +1,10 @@
 //! The host's interfaces behind the SDK's traits, in a component.
 
+use crate::Host;
 use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Ttl};
 use crate::rate_limit::{Decision, DegradedReason, Telemetry};
 use crate::wit::edge::cache::{cache as wit_cache, telemetry as wit_telemetry};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// The component's host: `edge:cache/cache` as a [`Cache`], WASI's clocks
-/// and randomness as a [`Clock`], and `edge:cache/telemetry`.
-///
-/// It holds nothing: every call goes to the host.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Host;
 
 impl From<wit_cache::Error> for CacheError {
     fn from(error: wit_cache::Error) -> Self {

@@ -56,11 +56,18 @@ mod component;
 pub mod wit;
 
 pub use cache_aside::{CacheAside, Remembered, Settings, Source};
-#[cfg(target_arch = "wasm32")]
-pub use component::Host;
 pub use edge_cache_contract as contract;
 pub use host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Ttl};
 pub use keyspace::Keyspace;
+
+/// The component's host: `edge:cache/cache` as a [`Cache`], WASI's clocks
+/// and randomness as a [`Clock`], and `edge:cache/telemetry` as
+/// [`rate_limit::Telemetry`]. It holds nothing: every call goes to the host.
+///
+/// It implements them on `wasm32` only; native tests use
+/// [`testing::MemoryCache`] instead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Host;
 
 /// The in-memory host for native tests: [`Cache`] with the contract's
 /// semantics and a [`Clock`] that moves only when told.
