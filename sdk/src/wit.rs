@@ -1,6 +1,10 @@
 //! The bindings of the host's interfaces (world `edge:cache/cache-function`),
 //! for `wasm32` only.
 //!
+//! The world exports `wasi:http/incoming-handler`, so a component built with
+//! the SDK serves HTTP: with [`export_function!`](crate::export_function), or
+//! with an export of its own (the profile guest's).
+//!
 //! A component with a world of its own that also imports `edge:cache/cache`,
 //! `edge:cache/telemetry` or `wasi:http/types` maps them to these with
 //! wit-bindgen's `with`, so their types are generated once and the SDK's
