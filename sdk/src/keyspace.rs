@@ -204,3 +204,59 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CacheError> {
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CacheError> {
     serde_json::to_vec(value).map_err(|e| CacheError::InvalidArgument(format!("not serializable as JSON: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryCache;
+
+    #[test]
+    fn update_json_retries_on_what_another_writer_wrote() {
+        let cache = MemoryCache::default();
+        let counts = Keyspace::new(&cache, "n:");
+        counts.set_json("k", &1, None).unwrap();
+        // Another instance writes 10 between this read and its swap, once.
+        *cache.interleave.borrow_mut() = Some(Box::new(|cache: &MemoryCache| {
+            if cache.calls.get() == 3 {
+                cache.insert_raw("n:k", b"10");
+            }
+        }));
+        let written = counts
+            .update_json("k", None, |n: Option<i64>| n.unwrap_or(0) + 1)
+            .unwrap();
+        assert_eq!(written, 11, "the change ran again on the other writer's value");
+        assert_eq!(cache.raw("n:k").as_deref(), Some(&b"11"[..]));
+    }
+
+    #[test]
+    fn endless_contention_gives_up() {
+        let cache = MemoryCache::default();
+        let counts = Keyspace::new(&cache, "n:");
+        *cache.interleave.borrow_mut() = Some(Box::new(|cache: &MemoryCache| {
+            cache.insert_raw("n:k", cache.calls.get().to_string().as_bytes());
+        }));
+        let error = counts.update_json("k", None, |n: Option<i64>| n.unwrap_or(0) + 1);
+        assert!(matches!(error, Err(CacheError::Other(_))), "{error:?}");
+        assert_eq!(cache.calls.get(), 1 + MAX_UPDATE_ATTEMPTS);
+    }
+
+    #[test]
+    fn a_value_of_another_shape_is_wrong_type() {
+        let cache = MemoryCache::default();
+        let names = Keyspace::new(&cache, "name:");
+        names.set("k", b"not json", None).unwrap();
+        assert_eq!(names.get_json::<String>("k"), Err(CacheError::WrongType));
+        assert_eq!(names.get_json::<String>("absent"), Ok(None));
+    }
+
+    #[test]
+    fn add_writes_once_and_compare_and_delete_spends_once() {
+        let cache = MemoryCache::default();
+        let tokens = Keyspace::new(&cache, "token:");
+        assert!(tokens.add("t", b"1", Some(60)).unwrap());
+        assert!(!tokens.add("t", b"2", Some(60)).unwrap());
+        assert!(!tokens.compare_and_delete("t", b"2").unwrap());
+        assert!(tokens.compare_and_delete("t", b"1").unwrap());
+        assert!(!tokens.exists("t").unwrap());
+    }
+}
