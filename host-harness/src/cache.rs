@@ -1,8 +1,9 @@
 //! The cache as the guest sees it: its own namespace, size limits, typed
 //! errors, and a trace event per operation.
 
-use crate::backend::{Backend, BoundedIncr, CacheError, CasOutcome, Ttl};
+use crate::backend::{Backend, BoundedIncr, CacheError, CasOutcome, KeyPage, Ttl};
 use crate::metrics::StoreMetrics;
+use futures_util::future::try_join_all;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +62,19 @@ impl Cache {
             backend,
             limits,
         })
+    }
+
+    /// This cache seen through `scope`, a prefix inside the namespace that
+    /// the host chooses (such as a `wasi:keyvalue` bucket's): the same
+    /// store, limits and metrics, every key under `{namespace}:{scope}`.
+    /// The key limits apply to the keys as the guest names them, after the
+    /// scope. Callers choose scopes that no guest key of the plain cache can
+    /// start with, or the two would share keys.
+    pub fn within(&self, scope: &str) -> Self {
+        Self {
+            prefix: format!("{}{scope}", self.prefix).into(),
+            ..self.clone()
+        }
     }
 
     /// Latency and errors of this cache's store operations.
@@ -186,6 +200,57 @@ impl Cache {
             self.backend
                 .incr_by(&self.full_key(key)?, delta, Self::positive_ttl(ttl_if_new)?)
                 .await
+        })
+        .await
+    }
+
+    /// Adds `delta` to the counter at `key` (a missing key counts as 0),
+    /// atomically, without touching its expiry: a key created here never
+    /// expires. For stores whose counters live as long as the data
+    /// (`wasi:keyvalue`); `edge:cache` counters use [`Self::incr_by`].
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        self.traced("incr", key, no_hit, async {
+            self.backend.incr(&self.full_key(key)?, delta).await
+        })
+        .await
+    }
+
+    /// Writes several keys without expiry, all in flight at once (not
+    /// atomically). Every key and value is checked before anything is
+    /// written, so bad input changes nothing.
+    pub async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), CacheError> {
+        let names: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        self.traced("set-many", &names.join(","), no_hit, async {
+            let writes = entries
+                .iter()
+                .map(|(key, value)| Ok((self.checked_write(key, value, None)?.0, value)))
+                .collect::<Result<Vec<_>, CacheError>>()?;
+            try_join_all(
+                writes
+                    .iter()
+                    .map(|(full, value)| self.backend.set(full, value, None, false)),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A page of the keys in this cache's namespace (or scope), as the
+    /// guest names them, from `cursor` (0 to start); see
+    /// [`Backend::scan_prefix`].
+    pub async fn list_keys(&self, cursor: u64) -> Result<KeyPage, CacheError> {
+        self.traced("list-keys", "*", no_hit, async {
+            let page = self.backend.scan_prefix(&self.prefix, cursor).await?;
+            let keys = page
+                .keys
+                .into_iter()
+                .filter_map(|key| key.strip_prefix(&*self.prefix).map(str::to_owned))
+                .collect();
+            Ok(KeyPage {
+                keys,
+                cursor: page.cursor,
+            })
         })
         .await
     }

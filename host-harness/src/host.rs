@@ -93,6 +93,9 @@ impl From<CacheError> for cache::Error {
     fn from(error: CacheError) -> Self {
         match error {
             CacheError::Unavailable(why) => Self::Unavailable(why),
+            // The contract has no variant of its own for it, and the
+            // component acts on it as on an outage: it serves without cache.
+            CacheError::AccessDenied(why) => Self::Unavailable(format!("permission denied: {why}")),
             CacheError::Timeout(_) => Self::Timeout,
             CacheError::InvalidKey(why) => Self::InvalidKey(why),
             CacheError::ValueTooLarge { limit } => Self::ValueTooLarge(limit),

@@ -1,6 +1,7 @@
 //! The edge-cache harness: runs the edge function component under wasmtime,
 //! with `edge:cache/cache` backed by Redis or an embedded store and
-//! `edge:cache/origin` by an embedded profile database.
+//! `edge:cache/origin` by an embedded profile database; `wasi:keyvalue` is
+//! served from the same cache.
 
 pub mod backend;
 pub mod bindings;
@@ -9,6 +10,7 @@ pub mod caller;
 pub mod compose;
 pub mod engine;
 pub mod host;
+pub mod keyvalue;
 pub mod listener;
 pub mod metrics;
 pub mod overload;

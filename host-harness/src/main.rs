@@ -20,6 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+// A request allocates and frees a few hundred small blocks (headers, wasi:http
+// resources, Redis replies); glibc's malloc spent about a sixth of a
+// request's instructions on them, mimalloc's per-thread free lists a
+// fraction of that (BENCHMARKS.md). It gives freed memory back on its own,
+// after a short delay, so memory after a burst still returns.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "edge-cache",

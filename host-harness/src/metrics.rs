@@ -72,7 +72,7 @@ impl DecisionCounters {
 }
 
 /// The cache operations, as `/metrics` labels them.
-pub const OPERATIONS: [&str; 11] = [
+pub const OPERATIONS: [&str; 14] = [
     "get",
     "get-many",
     "set",
@@ -84,6 +84,10 @@ pub const OPERATIONS: [&str; 11] = [
     "incr-by-bounded",
     "compare-and-swap",
     "compare-and-delete",
+    // wasi:keyvalue's own.
+    "incr",
+    "set-many",
+    "list-keys",
 ];
 
 /// What the cache facade measures: every store operation's latency and

@@ -10,6 +10,7 @@ use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
 use crate::caller::{ApiKeys, TrustedProxies};
 use crate::engine::{GuestLimits, new_engine, set_deadline};
 use crate::host::{self, EdgeCtx, EdgeState, HttpHooks};
+use crate::keyvalue::{self, KeyValue};
 use crate::listener::{self, ConnectionLimits, Connections};
 use crate::metrics::{DecisionCounters, Metrics};
 use crate::origin::{Origin, OriginConfig, OriginError};
@@ -268,6 +269,10 @@ impl Harness {
         )
         .map_err(engine_error)?;
         host::add_to_linker(&mut linker, |state| &mut state.edge).map_err(engine_error)?;
+        // Components written for the standard interface (Spin, wasmCloud)
+        // reach the same cache; a component imports either, both or neither.
+        keyvalue::add_to_linker(&mut linker, |state| KeyValue::new(&state.edge.cache, &mut state.table))
+            .map_err(engine_error)?;
         let mismatch = |e: wasmtime::Error| StartupError::ComponentMismatch(format!("{e:#}"));
         let instance_pre = linker.instantiate_pre(component).map_err(mismatch)?;
         // Any component serving `wasi:http/incoming-handler` can be served

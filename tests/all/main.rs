@@ -7,6 +7,7 @@ mod composition;
 mod conformance;
 mod hostile;
 mod http;
+mod keyvalue;
 mod one_time_codes;
 mod redis_faults;
 mod redis_ops;

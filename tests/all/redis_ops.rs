@@ -69,7 +69,7 @@ async fn acl_key_patterns_confine_the_namespace() {
     );
     let error = served.harness.cache().get("k").await.unwrap_err();
     assert!(
-        matches!(error, CacheError::Unavailable(ref why) if why.contains("permission")),
+        matches!(error, CacheError::AccessDenied(ref why) if why.to_lowercase().contains("perm")),
         "{error:?}"
     );
 }

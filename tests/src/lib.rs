@@ -264,11 +264,15 @@ impl Served {
 
     /// Serves `component`, compiled with [`ENGINE`].
     pub async fn start_component(config: HarnessConfig, component: &Component) -> Self {
-        let harness = Arc::new(
-            Harness::with_component(&config, component)
-                .await
-                .expect("the harness starts"),
-        );
+        let harness = Harness::with_component(&config, component)
+            .await
+            .expect("the harness starts");
+        Self::serve(harness).await
+    }
+
+    /// Serves a harness already started, as `edge-cache serve` does.
+    pub async fn serve(harness: Harness) -> Self {
+        let harness = Arc::new(harness);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();

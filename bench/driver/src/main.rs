@@ -204,7 +204,10 @@ impl Setup {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let baseline = if workload.ranks_hosts() {
             let wasmtime = self.wasmtime.as_ref().context("no wasmtime CLI was looked for")?;
-            let mut args = vec!["serve".to_owned(), format!("--addr={address}")];
+            // `-Scli`: the whole of wasi:cli, as the harness links it; Rust's
+            // standard library imports `wasi:cli/environment`, which the proxy
+            // world alone lacks.
+            let mut args = vec!["serve".to_owned(), "-Scli".to_owned(), format!("--addr={address}")];
             if workload == Workload::HostsReuse {
                 args.push(format!("--max-instance-reuse-count={HARNESS_INSTANCE_REUSE}"));
             }

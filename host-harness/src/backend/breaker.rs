@@ -158,6 +158,14 @@ impl Breakers {
         usize::from(key_slot(key.as_bytes())) / self.slots_per_breaker
     }
 
+    /// The breaker guarding `slot` (a cluster's; 0 for a single server).
+    pub fn index_of_slot(&self, slot: u16) -> usize {
+        if self.all.len() == 1 {
+            return 0;
+        }
+        usize::from(slot) / self.slots_per_breaker
+    }
+
     /// A key guarded by each breaker, in order: `{N}` for the smallest
     /// number N that hashes into its range. A cluster probe asks about it,
     /// so the cluster client takes it to the node serving that range.

@@ -6,7 +6,7 @@
 //! counterpart of Redis `maxmemory` with `allkeys-lru`. Every read-modify-write
 //! runs inside moka's per-key `and_compute_with`, which makes it atomic.
 
-use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
+use super::{BoundedIncr, CacheError, CasOutcome, KeyPage, SCAN_PAGE_KEYS, Ttl};
 use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
@@ -160,7 +160,40 @@ impl MemoryBackend {
     }
 
     pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-        self.add(key, delta, ttl_if_new, None).map(|outcome| outcome.value)
+        self.add(key, delta, Some(ttl_if_new), None)
+            .map(|outcome| outcome.value)
+    }
+
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        self.add(key, delta, None, None).map(|outcome| outcome.value)
+    }
+
+    /// Pages through the live keys under `prefix` in the order of a fixed
+    /// hash of each key; the cursor is the hash where the next page starts.
+    /// Unlike a position in a list, that stays valid while keys come and
+    /// go, so a key present for the whole scan is listed exactly once.
+    pub async fn scan_prefix(&self, prefix: &str, cursor: u64) -> Result<KeyPage, CacheError> {
+        let now = Instant::now();
+        let mut found: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(key, stored)| key.starts_with(prefix) && stored.is_live(now))
+            .map(|(key, _)| (scan_position(&key), String::clone(&key)))
+            .filter(|(position, _)| *position >= cursor)
+            .collect();
+        found.sort_unstable();
+        // A page never ends between keys of the same position: the next
+        // page starts at a position, and would list them again.
+        let mut end = found.len().min(SCAN_PAGE_KEYS);
+        while end > 0 && end < found.len() && found[end].0 == found[end - 1].0 {
+            end += 1;
+        }
+        let cursor = found.get(end).map(|(position, _)| *position);
+        found.truncate(end);
+        Ok(KeyPage {
+            keys: found.into_iter().map(|(_, key)| key).collect(),
+            cursor,
+        })
     }
 
     pub async fn incr_by_bounded(
@@ -170,12 +203,12 @@ impl MemoryBackend {
         ttl_if_new: u64,
         max: i64,
     ) -> Result<BoundedIncr, CacheError> {
-        self.add(key, delta, ttl_if_new, Some(max))
+        self.add(key, delta, Some(ttl_if_new), Some(max))
     }
 
     /// Adds `delta` to a counter, atomically, unless the result would pass
-    /// `max`; a counter without expiry gets `ttl_if_new` seconds.
-    fn add(&self, key: &str, delta: i64, ttl_if_new: u64, max: Option<i64>) -> Result<BoundedIncr, CacheError> {
+    /// `max`; a counter without expiry gets `ttl_if_new` seconds, if given.
+    fn add(&self, key: &str, delta: i64, ttl_if_new: Option<u64>, max: Option<i64>) -> Result<BoundedIncr, CacheError> {
         let now = Instant::now();
         let mut outcome = Err(CacheError::Other("counter update did not run".into()));
         self.entries.entry_by_ref(key).and_compute_with(|current| {
@@ -210,7 +243,7 @@ impl MemoryBackend {
                 applied: true,
                 value: next,
             });
-            let expires_at = expires_at.or(Some(now + Duration::from_secs(ttl_if_new)));
+            let expires_at = expires_at.or(ttl_if_new.map(|ttl| now + Duration::from_secs(ttl)));
             Op::Put(Stored {
                 bytes: next.to_string().into_bytes().into(),
                 expires_at,
@@ -262,4 +295,12 @@ impl MemoryBackend {
         self.entries.run_pending_tasks();
         self.entries.weighted_size()
     }
+}
+
+/// Where a key sits in a scan: FNV-1a of its bytes, fixed across runs and
+/// Rust versions (unlike `DefaultHasher`).
+fn scan_position(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

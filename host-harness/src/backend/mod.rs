@@ -17,6 +17,10 @@ use thiserror::Error;
 pub enum CacheError {
     #[error("cache unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the command for this client (a Redis ACL that does
+    /// not grant the key or the command): a setting to fix, not an outage.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     #[error("cache command timed out after {0:?}")]
     Timeout(Duration),
     #[error("invalid key: {0}")]
@@ -36,6 +40,7 @@ impl CacheError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Unavailable(_) => "unavailable",
+            Self::AccessDenied(_) => "access-denied",
             Self::Timeout(_) => "timeout",
             Self::InvalidKey(_) => "invalid-key",
             Self::ValueTooLarge { .. } => "value-too-large",
@@ -68,6 +73,19 @@ pub enum CasOutcome {
     Swapped,
     Conflict(Option<Vec<u8>>),
 }
+
+/// One page of the keys under a prefix (see [`Backend::scan_prefix`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Full keys, the prefix included, each at most once in the page.
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` when the scan is complete.
+    pub cursor: Option<u64>,
+}
+
+/// The most keys a page of [`Backend::scan_prefix`] aims for: a few
+/// hundred KiB at the longest keys, small enough for any guest's memory.
+pub const SCAN_PAGE_KEYS: usize = 256;
 
 /// One of the two stores.
 #[derive(Clone)]
@@ -150,6 +168,21 @@ impl Backend {
 
     pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
         dispatch!(self, b => b.incr_by(key, delta, ttl_if_new))
+    }
+
+    /// Adds `delta` to a counter, atomically, leaving its expiry (or its
+    /// absence) as it is: `INCRBY`. A missing key counts as 0 and is
+    /// created without expiry.
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        dispatch!(self, b => b.incr(key, delta))
+    }
+
+    /// Lists the live keys starting with `prefix`, a page at a time, from
+    /// `cursor` (0 to start). Every key present for the whole scan is
+    /// listed at least once; keys written or removed meanwhile may or may
+    /// not be. The cursor is the backend's own; it means nothing to another.
+    pub async fn scan_prefix(&self, prefix: &str, cursor: u64) -> Result<KeyPage, CacheError> {
+        dispatch!(self, b => b.scan_prefix(prefix, cursor))
     }
 
     pub async fn incr_by_bounded(

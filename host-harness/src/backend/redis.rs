@@ -13,15 +13,17 @@
 //! fail at once with `unavailable` while a background task connects.
 
 use super::breaker::{BreakerGauges, Breakers, FIRST_BACKOFF};
-use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
+use super::{BoundedIncr, CacheError, CasOutcome, KeyPage, SCAN_PAGE_KEYS, Ttl};
 use futures_util::future::{join_all, try_join_all};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
     RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
 };
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
@@ -46,6 +48,15 @@ const COMPARE_AND_SWAP_SCRIPT: &str = include_str!("scripts/compare_and_swap.lua
 /// ARGV: the value the key must hold. Deletes the key only when it holds
 /// exactly that; returns 1 when it did.
 const COMPARE_AND_DELETE_SCRIPT: &str = include_str!("scripts/compare_and_delete.lua");
+
+/// `SCAN`s one `scan_prefix` call makes at most while its page is not
+/// full: a sparse prefix in a large key space then costs a few round trips
+/// per page, never a walk of the whole space in one guest call.
+const MAX_SCANS_PER_PAGE: usize = 8;
+
+/// Bits of a cluster scan cursor that hold the node's own `SCAN` cursor;
+/// the 14 above them hold the first slot of the node being scanned.
+const NODE_CURSOR_BITS: u32 = 50;
 
 /// How often the background task looks for due probes (a few atomic loads).
 const SUPERVISOR_TICK: Duration = Duration::from_millis(50);
@@ -581,6 +592,16 @@ impl RedisBackend {
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        self.bounded_at(self.shared.breakers.index_of(key), request).await
+    }
+
+    /// [`Self::bounded`], through breaker `breaker`: for a request that
+    /// names no key, such as a `SCAN` of one node.
+    async fn bounded_at<T, F, Fut>(&self, breaker: usize, request: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         let shared = &*self.shared;
         let Some(connection) = shared.connection.get() else {
             return Err(CacheError::Unavailable(format!(
@@ -588,7 +609,6 @@ impl RedisBackend {
                 shared.target
             )));
         };
-        let breaker = shared.breakers.index_of(key);
         shared.breakers.admit(breaker)?;
         match timeout(shared.command_timeout, request(connection.clone())).await {
             Ok(Ok(value)) => {
@@ -609,6 +629,7 @@ impl RedisBackend {
                 Err(match classify(&error) {
                     CacheError::Unavailable(why) => CacheError::Unavailable(shared.scrub(&why)),
                     CacheError::Other(why) => CacheError::Other(shared.scrub(&why)),
+                    CacheError::AccessDenied(why) => CacheError::AccessDenied(shared.scrub(&why)),
                     other => other,
                 })
             }
@@ -703,6 +724,150 @@ impl RedisBackend {
         let mut invocation = self.shared.scripts.incr_by.key(key);
         invocation.arg(delta).arg(ttl_if_new);
         self.invoke(key, invocation).await
+    }
+
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        self.query(key, redis::cmd("INCRBY").arg(key).arg(delta).to_owned())
+            .await
+    }
+
+    /// `SCAN` with `MATCH` on the prefix (glob characters escaped). On a
+    /// cluster, each primary is scanned in turn, in the order of the first
+    /// slot it serves, each `SCAN` routed to it by that slot; the cursor
+    /// holds that slot and the node's own cursor. A failover or resharding
+    /// during a scan may list some keys twice or skip keys that moved.
+    pub async fn scan_prefix(&self, prefix: &str, cursor: u64) -> Result<KeyPage, CacheError> {
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut keys = Vec::new();
+        let mut seen = HashSet::new();
+        let mut add = |found: Vec<Vec<u8>>, keys: &mut Vec<String>| {
+            // Keys that are not UTF-8 were not written through this host,
+            // and a guest could not name them.
+            for key in found.into_iter().filter_map(|key| String::from_utf8(key).ok()) {
+                if seen.insert(key.clone()) {
+                    keys.push(key);
+                }
+            }
+        };
+        if !self.shared.cluster {
+            let mut cursor = cursor;
+            for _ in 0..MAX_SCANS_PER_PAGE {
+                let (next, found) = self.scan_once(0, None, &pattern, cursor).await?;
+                add(found, &mut keys);
+                cursor = next;
+                if cursor == 0 || keys.len() >= SCAN_PAGE_KEYS {
+                    break;
+                }
+            }
+            return Ok(KeyPage {
+                keys,
+                cursor: (cursor != 0).then_some(cursor),
+            });
+        }
+        let firsts = self.primaries_by_first_slot().await?;
+        let mut node_slot = u16::try_from(cursor >> NODE_CURSOR_BITS).unwrap_or(u16::MAX);
+        let mut node_cursor = cursor & ((1 << NODE_CURSOR_BITS) - 1);
+        // The node of the cursor, or (the topology changed) the next one.
+        let Some(mut node) = firsts.iter().position(|&first| first >= node_slot) else {
+            return Ok(KeyPage { keys, cursor: None });
+        };
+        if firsts[node] != node_slot {
+            node_cursor = 0;
+        }
+        for _ in 0..MAX_SCANS_PER_PAGE {
+            node_slot = firsts[node];
+            let breaker = self.shared.breakers.index_of_slot(node_slot);
+            let (next, found) = self.scan_once(breaker, Some(node_slot), &pattern, node_cursor).await?;
+            add(found, &mut keys);
+            node_cursor = next;
+            if node_cursor == 0 {
+                node += 1;
+                if node == firsts.len() {
+                    return Ok(KeyPage { keys, cursor: None });
+                }
+            }
+            if keys.len() >= SCAN_PAGE_KEYS {
+                break;
+            }
+        }
+        if node_cursor >= 1 << NODE_CURSOR_BITS {
+            return Err(CacheError::Other(format!(
+                "a cluster node's SCAN cursor {node_cursor} does not fit in {NODE_CURSOR_BITS} bits"
+            )));
+        }
+        Ok(KeyPage {
+            keys,
+            cursor: Some(u64::from(firsts[node]) << NODE_CURSOR_BITS | node_cursor),
+        })
+    }
+
+    /// One `SCAN`, on the single server or on the primary serving `slot`.
+    async fn scan_once(
+        &self,
+        breaker: usize,
+        slot: Option<u16>,
+        pattern: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<Vec<u8>>), CacheError> {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_PAGE_KEYS);
+        self.bounded_at(breaker, |connection| async move {
+            let reply = match (connection, slot) {
+                (Connection::Cluster(mut cluster), Some(slot)) => {
+                    let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                    cluster.route_command(command, RoutingInfo::SingleNode(route)).await?
+                }
+                (mut connection, _) => command.query_async::<Value>(&mut connection).await?,
+            };
+            Ok(redis::from_redis_value(reply)?)
+        })
+        .await
+    }
+
+    /// The first slot each primary of the cluster serves, in order: a
+    /// stable name for the node that the cluster client can route by.
+    async fn primaries_by_first_slot(&self) -> Result<Vec<u16>, CacheError> {
+        let ranges: Vec<Value> = self
+            .bounded_at(0, |connection| async move {
+                let Connection::Cluster(mut cluster) = connection else {
+                    return Err(RedisError::from((
+                        ErrorKind::Client,
+                        "CLUSTER SLOTS on a single server",
+                    )));
+                };
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                let reply = cluster
+                    .route_command(redis::cmd("CLUSTER").arg("SLOTS").to_owned(), route)
+                    .await?;
+                Ok(redis::from_redis_value(reply)?)
+            })
+            .await?;
+        // Each range: start, end, then the primary as [host, port, id, …].
+        let mut first_by_node: std::collections::HashMap<Vec<u8>, u16> = std::collections::HashMap::new();
+        for range in ranges {
+            let Value::Array(fields) = range else { continue };
+            let (Some(Value::Int(start)), Some(Value::Array(primary))) = (fields.first(), fields.get(2)) else {
+                continue;
+            };
+            let Ok(start) = u16::try_from(*start) else { continue };
+            let node = match primary.get(2) {
+                Some(Value::BulkString(id)) => id.clone(),
+                _ => format!("{primary:?}").into_bytes(),
+            };
+            let first = first_by_node.entry(node).or_insert(start);
+            *first = (*first).min(start);
+        }
+        let mut firsts: Vec<u16> = first_by_node.into_values().collect();
+        firsts.sort_unstable();
+        if firsts.is_empty() {
+            return Err(CacheError::Unavailable("the cluster reports no slots served".into()));
+        }
+        Ok(firsts)
     }
 
     pub async fn incr_by_bounded(
@@ -840,6 +1005,18 @@ async fn supervise(shared: Weak<Shared>, cluster_client: Option<ClusterClient>) 
     }
 }
 
+/// `text` as a `SCAN MATCH` pattern that matches it literally.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// Maps a Redis error to what the guest can act on. Connection-level problems
 /// are `Unavailable`; the message never contains credentials.
 fn classify(error: &RedisError) -> CacheError {
@@ -856,7 +1033,7 @@ fn classify(error: &RedisError) -> CacheError {
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ReadOnly,
         ) => CacheError::Unavailable(error.to_string()),
-        ErrorKind::Server(ServerErrorKind::NoPerm) => CacheError::Unavailable(format!("permission denied: {error}")),
+        ErrorKind::Server(ServerErrorKind::NoPerm) => CacheError::AccessDenied(error.to_string()),
         _ if error.code() == Some("WRONGTYPE") => CacheError::WrongType,
         _ if error.detail().is_some_and(|d| d.contains("not an integer")) => CacheError::WrongType,
         _ if error.detail().is_some_and(|d| d.contains("overflow")) => {
@@ -869,6 +1046,12 @@ fn classify(error: &RedisError) -> CacheError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_patterns_match_the_prefix_literally() {
+        assert_eq!(glob_escape("ns:kv:notes:"), "ns:kv:notes:");
+        assert_eq!(glob_escape(r"a*b?c[d]e\f^g-h"), r"a\*b\?c\[d\]e\\f\^g\-h");
+    }
 
     #[test]
     fn passwords_are_redacted() {
