@@ -8,6 +8,13 @@ fn main() {
     println!("cargo:rustc-env=MISBEHAVING_GUEST={}", misbehaving.display());
     let keyvalue = edge_cache_build_support::build_component(workspace, "keyvalue-guest", &["tests/guests/keyvalue"]);
     println!("cargo:rustc-env=KEYVALUE_GUEST={}", keyvalue.display());
-    let gateway = edge_cache_build_support::build_component(workspace, "gateway", &["examples/gateway"]);
+    let gateway =
+        edge_cache_build_support::build_component(workspace, "gateway", &["examples/gateway", "sdk", "contract"]);
     println!("cargo:rustc-env=GATEWAY_COMPONENT={}", gateway.display());
+    let codes = edge_cache_build_support::build_component(
+        workspace,
+        "one-time-codes",
+        &["examples/one-time-codes", "sdk", "contract"],
+    );
+    println!("cargo:rustc-env=ONE_TIME_CODES_COMPONENT={}", codes.display());
 }

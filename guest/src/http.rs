@@ -7,179 +7,29 @@
 //! Every request is rate limited per caller; errors are RFC 9457 problem
 //! bodies (`application/problem+json`).
 
-use crate::cache_aside::{ProfileError, Profiles, Source};
-use crate::config::{CallerClass, Config, Route};
-use crate::host::{Cache, Clock, Origin};
-use crate::rate_limit::{self, Decision, DegradedReason, Policy};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-use std::borrow::Cow;
+use crate::origin::Origin;
+use crate::profiles::{ProfileError, Profiles};
+use edge_cache_contract::config::{CallerClass, Config, Route};
+use edge_cache_sdk::rate_limit::{self, Decision, DegradedReason};
+use edge_cache_sdk::{Cache, Clock, Source};
 
-/// The header in which the host passes the client's address. The host sets it
-/// on every request, replacing whatever the client sent, so it cannot be
-/// spoofed.
-pub const CLIENT_IP_HEADER: &str = "x-edge-client-ip";
-
-/// The header that identifies an API client; its value is a secret, so only a
-/// digest of it is ever used as a key.
-pub const API_KEY_HEADER: &str = "x-api-key";
-
-/// What every problem type of this function starts with.
-const PROBLEM_TYPE_PREFIX: &str = "urn:edge-cache:problem:";
+pub use edge_cache_contract::{API_KEY_HEADER, CLIENT_IP_HEADER};
+pub use edge_cache_sdk::http::{Body, Request, Response};
+pub use edge_cache_sdk::rate_limit::DEGRADED_HEADER;
 
 /// The largest request body accepted (a profile is small).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// An incoming request, as far as the function cares.
-pub struct Request {
-    pub method: String,
-    /// The path, possibly followed by `?query`.
-    pub path: String,
-    /// Header names in lower case.
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Body,
-}
-
-/// A request body as it arrived.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
-    Complete(Vec<u8>),
-    /// Longer than [`MAX_BODY_BYTES`]; the rest was not read.
-    TooLarge,
-    /// The client stopped sending before the end.
-    Broken,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    /// Names in lower case; all are this crate's own, as are most values.
-    pub headers: Vec<(&'static str, Cow<'static, str>)>,
-    pub body: Vec<u8>,
-    /// The rate limit decision the response was made under, for the host's
-    /// count (`edge:cache/telemetry`); none before the check.
-    pub decision: Option<Decision>,
-}
-
-impl Response {
-    fn json(status: u16, body: String) -> Self {
-        Self {
-            status,
-            headers: with_content_type("application/json"),
-            body: body.into_bytes(),
-            decision: None,
-        }
-    }
-
-    /// An RFC 9457 problem response (see [`problem_body`]).
-    pub fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Self {
-        Self {
-            status,
-            headers: with_content_type(PROBLEM_CONTENT_TYPE),
-            body: problem_body(status, kind, title, detail),
-            decision: None,
-        }
-    }
-
-    fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_ref())
-    }
-}
-
-/// Room for every header a response of this function carries (the content
-/// type, `x-cache` or `retry-after`, five rate-limit headers,
-/// `x-ratelimit-degraded`, `allow`), so adding them never reallocates.
-const RESPONSE_HEADERS: usize = 9;
-
-/// Set when the rate limit decision was made without the cache:
-/// `fail-open; reason=cache-unavailable` (let through) or `fail-closed;
-/// reason=…` (refused), the reason one of `cache-unavailable`,
-/// `cache-timeout`, `cache-error`, `contended`.
-pub const DEGRADED_HEADER: &str = "x-ratelimit-degraded";
-
-fn with_content_type(content_type: &'static str) -> Vec<(&'static str, Cow<'static, str>)> {
-    let mut headers = Vec::with_capacity(RESPONSE_HEADERS);
-    headers.push(("content-type", Cow::Borrowed(content_type)));
-    headers
-}
-
-/// The content type of [`problem_body`]'s bodies.
-pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
-
-/// An RFC 9457 problem body of type `urn:edge-cache:problem:{kind}`: the one
-/// format of this function's errors, and of the harness's own.
-pub fn problem_body(status: u16, kind: &str, title: &str, detail: &str) -> Vec<u8> {
-    // Serialized from a struct, not a `json!` map: every denied request
-    // answers with one, so it is a hot path under load.
-    #[derive(Serialize)]
-    struct Problem<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        title: &'a str,
-        status: u16,
-        detail: &'a str,
-    }
-    let kind = [PROBLEM_TYPE_PREFIX, kind].concat();
-    let problem = Problem {
-        kind: &kind,
-        title,
-        status,
-        detail,
-    };
-    serde_json::to_vec(&problem).expect("a problem of strings always serializes")
-}
-
 /// Who is calling: a digest of the API key when there is one, otherwise the
 /// client address the host reported.
 pub fn caller(request: &Request) -> (String, CallerClass) {
-    if let Some(api_key) = request.header(API_KEY_HEADER) {
-        const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let digest = Sha256::digest(api_key.as_bytes());
-        let mut key = String::with_capacity(4 + 32);
-        key.push_str("key:");
-        for byte in &digest[..16] {
-            key.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-            key.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
-        }
-        return (key, CallerClass::ApiKey);
-    }
-    let key = match request.header(CLIENT_IP_HEADER) {
-        Some(ip) if ip.len() <= 64 => ["ip:", ip].concat(),
-        _ => "anonymous".into(),
-    };
-    (key, CallerClass::Anonymous)
-}
-
-/// The request's path without its query.
-fn path(request: &Request) -> &str {
-    request
-        .path
-        .split_once('?')
-        .map_or(request.path.as_str(), |(path, _)| path)
+    request.caller()
 }
 
 /// Which rate limit route a request falls under.
 fn route_of(request: &Request) -> Route {
-    let is_profile = path(request)
+    let is_profile = request
+        .path()
         .strip_prefix("/profiles/")
         .is_some_and(|id| !id.contains('/'));
     match (is_profile, request.method.as_str()) {
@@ -189,21 +39,25 @@ fn route_of(request: &Request) -> Route {
     }
 }
 
-/// Serves one request.
+/// Serves one request; with the rate limit decision it was served under,
+/// for the host's count (`edge:cache/telemetry`), none before the check.
 pub fn handle(
     request: &Request,
     cache: &impl Cache,
     origin: &impl Origin,
     clock: &impl Clock,
     config: &Config,
-) -> Response {
+) -> (Response, Option<Decision>) {
     let (caller, class) = caller(request);
     let policy = config.policy_for(route_of(request), class);
     let decision = match rate_limit::check(cache, &caller, policy, 1, clock.now_ms()) {
         Ok(decision) => decision,
         Err(error) => {
             let detail = format!("the rate limit policy cannot be applied: {error:?}");
-            return Response::problem(500, "misconfigured", "Misconfigured rate limit", &detail);
+            return (
+                Response::problem(500, "misconfigured", "Misconfigured rate limit", &detail),
+                None,
+            );
         }
     };
     // A cache outage is said in a header and counted by the host; only the
@@ -221,7 +75,7 @@ pub fn handle(
     let response = if decision.allowed {
         route(request, cache, origin, clock, config)
     } else {
-        let retry_after = decision.retry_after_ms.div_ceil(1000).max(1);
+        let retry_after = rate_limit::retry_after(&decision);
         let detail = format!(
             "the {:?} quota allows {} requests per {} s; retry in {retry_after} s",
             policy.display_name(),
@@ -231,43 +85,12 @@ pub fn handle(
         Response::problem(429, "quota-exceeded", "Too many requests", &detail)
             .with_header("retry-after", retry_after.to_string())
     };
-    let response = with_rate_limit_headers(response, &decision, policy);
-    Response {
-        decision: Some(decision),
-        ..response
-    }
-}
-
-/// The IETF `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-
-/// ratelimit-headers) and the widespread `X-RateLimit-*` ones.
-fn with_rate_limit_headers(response: Response, decision: &Decision, policy: &Policy) -> Response {
-    // Every response carries these, so they are put together by hand:
-    // `format!` costs several times as much in a component.
-    let mut digits = itoa::Buffer::new();
-    let limit = digits.format(decision.limit).to_owned();
-    let remaining = digits.format(decision.remaining).to_owned();
-    let reset = digits.format(decision.reset_after_ms.div_ceil(1000)).to_owned();
-    let name = policy.display_name();
-    let window = digits.format(policy.window_seconds);
-    let ratelimit_policy = ["\"", name, "\";q=", &limit, ";w=", window].concat();
-    let ratelimit = ["\"", name, "\";r=", &remaining, ";t=", &reset].concat();
-    let response = response
-        .with_header("ratelimit-policy", ratelimit_policy)
-        .with_header("ratelimit", ratelimit)
-        .with_header("x-ratelimit-limit", limit)
-        .with_header("x-ratelimit-remaining", remaining)
-        .with_header("x-ratelimit-reset", reset);
-    match &decision.degraded {
-        None => response,
-        Some(why) => {
-            let outcome = if decision.allowed { "fail-open" } else { "fail-closed" };
-            response.with_header(DEGRADED_HEADER, [outcome, "; reason=", why.reason.as_str()].concat())
-        }
-    }
+    let response = response.with_headers(rate_limit::headers(&decision, policy));
+    (response, Some(decision))
 }
 
 fn route(request: &Request, cache: &impl Cache, origin: &impl Origin, clock: &impl Clock, config: &Config) -> Response {
-    let path = path(request);
+    let path = request.path();
     let Some(id) = path.strip_prefix("/profiles/").filter(|id| !id.contains('/')) else {
         return Response::problem(404, "not-found", "Not found", &format!("no route for {path}"));
     };
@@ -338,8 +161,9 @@ fn profile_error(error: ProfileError) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::CacheError;
-    use crate::host::memory::{MemoryCache, MemoryOrigin};
+    use crate::origin::memory::MemoryOrigin;
+    use edge_cache_sdk::CacheError;
+    use edge_cache_sdk::testing::MemoryCache;
 
     const ALICE: &str = r#"{"id":"alice"}"#;
 
@@ -356,7 +180,7 @@ mod tests {
     }
 
     fn serve(cache: &MemoryCache, origin: &MemoryOrigin, request: &Request) -> Response {
-        handle(request, cache, origin, &cache.clock, &Config::default())
+        handle(request, cache, origin, &cache.clock, &Config::default()).0
     }
 
     fn configured(vars: &[(&str, &str)]) -> Config {
@@ -381,7 +205,7 @@ mod tests {
         assert_eq!(serve(&cache, &origin, &get).header("x-cache"), Some("hit"));
         // Past freshness, with a refresh under way elsewhere.
         cache.clock.advance(600_000);
-        cache.set("profile:v1:alice:lock", b"1", Some(5), true).unwrap();
+        cache.set("profile:v2:alice:lock", b"1", Some(5), true).unwrap();
         assert_eq!(serve(&cache, &origin, &get).header("x-cache"), Some("stale"));
     }
 
@@ -476,7 +300,7 @@ mod tests {
             "RATE_LIMITS",
             "*/*=fixed-window:1/1h; */api-key=gcra:5/1h,burst=2; put-profile/*=fixed-window:3/1h",
         )]);
-        let serve = |request: &Request| handle(request, &cache, &origin, &cache.clock, &config);
+        let serve = |request: &Request| handle(request, &cache, &origin, &cache.clock, &config).0;
         let anonymous = request("GET", "/profiles/alice", &[], "");
         assert_eq!(serve(&anonymous).status, 200);
         assert_eq!(serve(&anonymous).status, 429);
@@ -514,17 +338,14 @@ mod tests {
     fn a_cache_outage_still_answers() {
         let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
         *cache.failure.borrow_mut() = Some(CacheError::Unavailable("refused".into()));
-        let response = serve(&cache, &origin, &request("GET", "/profiles/alice", &[], ""));
+        let get = request("GET", "/profiles/alice", &[], "");
+        let (response, decision) = handle(&get, &cache, &origin, &cache.clock, &Config::default());
         assert_eq!((response.status, response.header("x-cache")), (200, Some("bypass")));
         assert_eq!(
             response.header(DEGRADED_HEADER),
             Some("fail-open; reason=cache-unavailable")
         );
-        assert!(
-            response
-                .decision
-                .is_some_and(|decision| decision.allowed && decision.degraded.is_some())
-        );
+        assert!(decision.is_some_and(|decision| decision.allowed && decision.degraded.is_some()));
     }
 
     #[test]
@@ -532,7 +353,7 @@ mod tests {
         let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
         *cache.failure.borrow_mut() = Some(CacheError::Timeout);
         let config = configured(&[("RATE_LIMITS", "*/*=fixed-window:10/1m,fail=closed")]);
-        let response = handle(
+        let (response, _) = handle(
             &request("GET", "/profiles/alice", &[], ""),
             &cache,
             &origin,

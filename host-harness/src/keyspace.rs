@@ -25,11 +25,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        // Values: 1 MiB, the seeds' advice for edge caches. Keys: long enough
-        // for any composite key, short enough to keep Redis' key space lean.
         Self {
-            max_key_bytes: 512,
-            max_value_bytes: 1024 * 1024,
+            max_key_bytes: edge_cache_contract::limits::MAX_KEY_BYTES,
+            max_value_bytes: edge_cache_contract::limits::MAX_VALUE_BYTES,
         }
     }
 }

@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use edge_cache_guest::config as guest;
+use edge_cache_contract::config as guest;
+use edge_cache_contract::{cache_aside, limits, policy};
 use edge_cache_harness::caller::{ApiKeys, TrustedProxies, digest_hex, parse_network};
 use edge_cache_harness::compose;
 use edge_cache_harness::engine::{DEFAULT_INSTANCE_REUSE, GuestLimits};
@@ -145,7 +146,7 @@ struct ServeArgs {
     near_cache: Option<u64>,
 
     /// The largest value a guest may store, e.g. 1MB.
-    #[arg(long, env = "EDGE_CACHE_MAX_VALUE_SIZE", default_value = "1MB", value_parser = parse_size)]
+    #[arg(long, env = "EDGE_CACHE_MAX_VALUE_SIZE", default_value_t = limits::MAX_VALUE_BYTES as u64, value_parser = parse_size)]
     max_value_size: u64,
 
     /// Namespace prefixed to every cache key of this function.
@@ -165,28 +166,28 @@ struct ServeArgs {
     origin_latency_ms: u64,
 
     /// How long a cached profile is fresh, in seconds.
-    #[arg(long, env = guest::PROFILE_TTL_SECONDS, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = guest::PROFILE_TTL_SECONDS, default_value_t = cache_aside::DEFAULT_TTL_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
     profile_ttl: u64,
 
     /// How long past freshness a profile may be served while one request
     /// refreshes it, in seconds.
-    #[arg(long, env = guest::PROFILE_STALE_SECONDS, default_value_t = 60)]
+    #[arg(long, env = guest::PROFILE_STALE_SECONDS, default_value_t = cache_aside::DEFAULT_STALE_SECONDS)]
     profile_stale: u64,
 
     /// How long an unknown profile id is remembered as absent, in seconds.
-    #[arg(long, env = guest::PROFILE_NEGATIVE_TTL_SECONDS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = guest::PROFILE_NEGATIVE_TTL_SECONDS, default_value_t = cache_aside::DEFAULT_NEGATIVE_TTL_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
     profile_negative_ttl: u64,
 
     /// How long a request that missed waits for another's fill, in milliseconds.
-    #[arg(long, env = guest::PROFILE_FILL_WAIT_MS, default_value_t = 1000)]
+    #[arg(long, env = guest::PROFILE_FILL_WAIT_MS, default_value_t = cache_aside::DEFAULT_FILL_WAIT_MS)]
     profile_fill_wait_ms: u64,
 
     /// Requests allowed per caller and window by the default policy.
-    #[arg(long, env = guest::RATE_LIMIT_REQUESTS, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = guest::RATE_LIMIT_REQUESTS, default_value_t = policy::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_requests: u32,
 
     /// The default policy's window, in seconds.
-    #[arg(long, env = guest::RATE_LIMIT_WINDOW_SECONDS, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = guest::RATE_LIMIT_WINDOW_SECONDS, default_value_t = policy::DEFAULT_WINDOW_SECONDS, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_window: u32,
 
     /// Policies per route and caller class, `;`-separated rules of the form

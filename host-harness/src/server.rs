@@ -42,11 +42,10 @@ pub const BUILT_GUEST: &str = env!("EDGE_CACHE_GUEST");
 /// `--component`, from any directory, on a machine with no checkout.
 pub static EMBEDDED_GUEST: &[u8] = include_bytes!(env!("EDGE_CACHE_GUEST"));
 
-use edge_cache_guest::http::API_KEY_HEADER;
-/// The header carrying the client's address to the guest (the guest's own
-/// constant: one contract); always set by the harness, never taken from the
-/// client.
-pub use edge_cache_guest::http::CLIENT_IP_HEADER;
+use edge_cache_contract::API_KEY_HEADER;
+/// The header carrying the client's address to the guest (the contract's
+/// constant); always set by the harness, never taken from the client.
+pub use edge_cache_contract::CLIENT_IP_HEADER;
 
 /// Where the cache keeps its data.
 #[derive(Debug, Clone)]
@@ -250,7 +249,7 @@ impl Harness {
     /// Starts with an already compiled component (tests share one compile).
     pub async fn with_component(config: &HarnessConfig, component: &Component) -> Result<Self, StartupError> {
         // The guest would answer every request with this error; say it now.
-        edge_cache_guest::config::Config::from_vars(|name| {
+        edge_cache_contract::config::Config::from_vars(|name| {
             config
                 .guest_env
                 .iter()
@@ -758,15 +757,15 @@ fn load_component(engine: &Engine, path: &PathBuf) -> Result<Component, StartupE
     })
 }
 
-/// An RFC 9457 problem response made by the harness itself, in the guest's
-/// format.
+/// An RFC 9457 problem response made by the harness itself, in the
+/// contract's format (the guest's too).
 fn problem(status: u16, kind: &str, title: &str, detail: &str) -> hyper::Response<HyperOutgoingBody> {
-    let body = edge_cache_guest::http::problem_body(status, kind, title, detail);
+    let body = edge_cache_contract::problem::body(status, kind, title, detail);
     let mut response = hyper::Response::new(full_body(body));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static(edge_cache_guest::http::PROBLEM_CONTENT_TYPE),
+        HeaderValue::from_static(edge_cache_contract::problem::CONTENT_TYPE),
     );
     response
 }

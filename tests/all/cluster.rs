@@ -87,15 +87,9 @@ async fn the_edge_function_runs_on_a_cluster_with_each_callers_keys_in_one_slot(
 }
 
 /// The hash tag under which the guest keeps the limiter keys of requests
-/// carrying `api_key` (the guest's own function computes it).
+/// carrying `api_key` (the SDK's caller digest, which the guest uses).
 fn limiter_tag(api_key: &str) -> String {
-    let request = edge_cache_guest::http::Request {
-        method: "GET".into(),
-        path: "/".into(),
-        headers: vec![("x-api-key".into(), api_key.as_bytes().to_vec())],
-        body: edge_cache_guest::http::Body::Complete(Vec::new()),
-    };
-    format!("{{{}}}", edge_cache_guest::http::caller(&request).0)
+    format!("{{{}}}", edge_cache_sdk::caller::api_key_digest(api_key))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

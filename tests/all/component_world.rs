@@ -227,6 +227,10 @@ fn wit_readme_lists_exactly_what_the_built_components_import() {
             "The built wasi:keyvalue test app imports exactly:",
             env!("KEYVALUE_GUEST"),
         ),
+        (
+            "The built one-time-codes example imports exactly:",
+            env!("ONE_TIME_CODES_COMPONENT"),
+        ),
     ] {
         let imports = WorldNames::of(&std::fs::read(component).expect("the component was built")).imports;
         assert_eq!(

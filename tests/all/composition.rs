@@ -83,7 +83,7 @@ async fn the_composed_gateway_serves_its_routes_on_redis() {
 
     let mut redis = server.connection().await;
     let keys: Vec<String> = redis.keys("*").await.unwrap();
-    assert!(keys.contains(&"edge-cache:profile:v1:alice".to_owned()), "{keys:?}");
+    assert!(keys.contains(&"edge-cache:profile:v2:alice".to_owned()), "{keys:?}");
     let gcra: Vec<_> = keys
         .iter()
         .filter(|key| key.contains(":gateway:gcra:10:60:3"))

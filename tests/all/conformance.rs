@@ -1,8 +1,14 @@
 //! The cache contract (`wit/cache.wit`) and the host's `wasi:keyvalue`
 //! (`wit/deps/keyvalue`), run against every store: a real redis-server (with and
-//! without a near cache), a real Redis Cluster and the embedded store. Anything one store does
-//! that the other does not is a failure here.
+//! without a near cache), a real Redis Cluster and the embedded store.
+//! Anything one store does that another does not is a failure here. The
+//! contract's cases live in `edge_cache_contract::conformance`, which the
+//! SDK's in-memory host runs too; what only a host can check (namespaces,
+//! `wasi:keyvalue`, values of other types written by other clients,
+//! eviction) is here.
 
+use edge_cache_contract::cache as contract;
+use edge_cache_contract::conformance::{CacheUnderTest, Call, Outcome};
 use edge_cache_harness::StoreConfig;
 use edge_cache_harness::keyspace::{Keyspace, Limits};
 use edge_cache_harness::keyvalue::atomics::Host as _;
@@ -94,237 +100,121 @@ fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|name| name.to_string()).collect()
 }
 
-async fn get_set_delete(cache: &Keyspace) {
-    assert_eq!(cache.get("k").await.unwrap(), None);
-    assert!(cache.set("k", b"\x00binary\xff", None, false).await.unwrap());
-    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"\x00binary\xff"[..]));
-    assert!(cache.exists("k").await.unwrap());
-    assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Persistent);
-    // Overwriting replaces the value; an empty value is a value.
-    assert!(cache.set("k", b"", None, false).await.unwrap());
-    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b""[..]));
-    cache.set("other", b"x", None, false).await.unwrap();
-    assert_eq!(cache.delete(&keys(&["k", "other", "never"])).await.unwrap(), 2);
-    assert_eq!(cache.delete(&[]).await.unwrap(), 0);
-    assert!(!cache.exists("k").await.unwrap());
-    assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Missing);
-}
+/// The harness's cache as the contract's cases call it.
+struct Harnessed<'a>(&'a Keyspace);
 
-async fn only_if_absent(cache: &Keyspace) {
-    assert!(cache.set("nx", b"first", Some(60), true).await.unwrap());
-    assert!(!cache.set("nx", b"second", Some(60), true).await.unwrap());
-    assert_eq!(cache.get("nx").await.unwrap().as_deref(), Some(&b"first"[..]));
-}
-
-async fn ttl_and_expiry(cache: &Keyspace) {
-    cache.set("t", b"v", Some(100), false).await.unwrap();
-    assert!(matches!(cache.ttl("t").await.unwrap(), Ttl::ExpiresIn(99..=100)));
-    // A plain set without TTL makes the key persistent again, as in Redis.
-    cache.set("t", b"v", None, false).await.unwrap();
-    assert_eq!(cache.ttl("t").await.unwrap(), Ttl::Persistent);
-    assert!(cache.expire("t", 1).await.unwrap());
-    assert_eq!(cache.ttl("t").await.unwrap(), Ttl::ExpiresIn(1));
-    assert!(!cache.expire("missing", 10).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(cache.get("t").await.unwrap(), None);
-    assert!(!cache.exists("t").await.unwrap());
-    assert_eq!(cache.ttl("t").await.unwrap(), Ttl::Missing);
-}
-
-async fn get_many(cache: &Keyspace) {
-    cache.set("a", b"1", None, false).await.unwrap();
-    cache.set("c", b"3", None, false).await.unwrap();
-    let values = cache.get_many(&keys(&["a", "b", "c"])).await.unwrap();
-    assert_eq!(values, vec![Some(b"1".to_vec()), None, Some(b"3".to_vec())]);
-    assert_eq!(cache.get_many(&[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
-}
-
-async fn counters(cache: &Keyspace) {
-    assert_eq!(cache.incr_by("n", 5, 60).await.unwrap(), 5);
-    assert_eq!(cache.incr_by("n", -2, 60).await.unwrap(), 3);
-    assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(59..=60)));
-    assert_eq!(cache.get("n").await.unwrap().as_deref(), Some(&b"3"[..]));
-    // A counter without expiry gets one: it can never outlive its window.
-    cache.set("forever", b"10", None, false).await.unwrap();
-    assert_eq!(cache.incr_by("forever", 1, 30).await.unwrap(), 11);
-    assert!(matches!(cache.ttl("forever").await.unwrap(), Ttl::ExpiresIn(29..=30)));
-    // An existing expiry is kept, not extended.
-    cache.expire("n", 5).await.unwrap();
-    cache.incr_by("n", 1, 60).await.unwrap();
-    assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(4..=5)));
-    // Not a number.
-    cache.set("text", b"abc", None, false).await.unwrap();
-    assert_eq!(cache.incr_by("text", 1, 60).await, Err(StoreError::WrongType));
-    assert_eq!(cache.get("text").await.unwrap().as_deref(), Some(&b"abc"[..]));
-    // Overflow is refused and changes nothing.
-    cache
-        .set("big", i64::MAX.to_string().as_bytes(), None, false)
-        .await
-        .unwrap();
-    assert!(matches!(
-        cache.incr_by("big", 1, 60).await,
-        Err(StoreError::InvalidArgument(_))
-    ));
-    assert_eq!(cache.get("big").await.unwrap(), Some(i64::MAX.to_string().into_bytes()));
-}
-
-async fn bounded_counters(cache: &Keyspace) {
-    let first = cache.incr_by_bounded("b", 3, 60, 5).await.unwrap();
-    assert_eq!((first.applied, first.value), (true, 3));
-    assert!(matches!(cache.ttl("b").await.unwrap(), Ttl::ExpiresIn(59..=60)));
-    let refused = cache.incr_by_bounded("b", 3, 60, 5).await.unwrap();
-    assert_eq!(
-        (refused.applied, refused.value),
-        (false, 3),
-        "past the bound nothing changes"
-    );
-    let fits = cache.incr_by_bounded("b", 2, 60, 5).await.unwrap();
-    assert_eq!((fits.applied, fits.value), (true, 5));
-    // A missing key counts as 0; a negative bound refuses even that.
-    let negative = cache.incr_by_bounded("fresh", 1, 60, 0).await.unwrap();
-    assert_eq!((negative.applied, negative.value), (false, 0));
-    assert!(
-        !cache.exists("fresh").await.unwrap(),
-        "a refused increment creates nothing"
-    );
-    cache.set("text", b"abc", None, false).await.unwrap();
-    assert_eq!(
-        cache.incr_by_bounded("text", 1, 60, 10).await,
-        Err(StoreError::WrongType)
-    );
-    cache.set("persistent", b"1", None, false).await.unwrap();
-    cache.incr_by_bounded("persistent", 1, 30, 10).await.unwrap();
-    assert!(matches!(
-        cache.ttl("persistent").await.unwrap(),
-        Ttl::ExpiresIn(29..=30)
-    ));
-}
-
-async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Keyspace) {
-    let tasks: Vec<_> = (0..60)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.incr_by_bounded("race", 1, 60, 25).await.unwrap().applied })
-        })
-        .collect();
-    let mut applied = 0;
-    for task in tasks {
-        applied += usize::from(task.await.unwrap());
+fn contract_error(error: StoreError) -> contract::CacheError {
+    match error {
+        StoreError::Unavailable(why) => contract::CacheError::Unavailable(why),
+        // As the guest sees it (host.rs): a setting to fix, reported as unavailable.
+        StoreError::AccessDenied(why) => contract::CacheError::Unavailable(format!("permission denied: {why}")),
+        StoreError::Timeout(_) => contract::CacheError::Timeout,
+        StoreError::InvalidKey(why) => contract::CacheError::InvalidKey(why),
+        StoreError::ValueTooLarge { limit } => contract::CacheError::ValueTooLarge(limit),
+        StoreError::WrongType => contract::CacheError::WrongType,
+        StoreError::InvalidArgument(why) => contract::CacheError::InvalidArgument(why),
+        StoreError::Other(why) => contract::CacheError::Other(why),
     }
-    assert_eq!(applied, 25);
-    assert_eq!(cache.get("race").await.unwrap().as_deref(), Some(&b"25"[..]));
 }
 
-async fn concurrent_counters_are_atomic(cache: &Keyspace) {
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.incr_by("race", 1, 60).await.unwrap() })
-        })
-        .collect();
-    let mut seen = Vec::new();
-    for task in tasks {
-        seen.push(task.await.unwrap());
+fn contract_cas(outcome: CasOutcome) -> contract::CasOutcome {
+    match outcome {
+        CasOutcome::Swapped => contract::CasOutcome::Swapped,
+        CasOutcome::Conflict(found) => contract::CasOutcome::Conflict(found),
     }
-    seen.sort_unstable();
-    assert_eq!(
-        seen,
-        (1..=50).collect::<Vec<_>>(),
-        "every increment sees a distinct count"
-    );
 }
 
-async fn compare_and_swap(cache: &Keyspace) {
-    assert_eq!(
-        cache.compare_and_swap("cas", None, b"v1", Some(60)).await.unwrap(),
-        CasOutcome::Swapped
-    );
-    assert!(matches!(cache.ttl("cas").await.unwrap(), Ttl::ExpiresIn(59..=60)));
-    assert_eq!(
-        cache.compare_and_swap("cas", None, b"v2", None).await.unwrap(),
-        CasOutcome::Conflict(Some(b"v1".to_vec()))
-    );
-    assert_eq!(
-        cache
-            .compare_and_swap("cas", Some(b"wrong"), b"v2", None)
+type Answer<T> = Result<T, contract::CacheError>;
+
+impl CacheUnderTest for Harnessed<'_> {
+    async fn get(&self, key: &str) -> Answer<Option<Vec<u8>>> {
+        self.0.get(key).await.map_err(contract_error)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Answer<Vec<Option<Vec<u8>>>> {
+        self.0.get_many(keys).await.map_err(contract_error)
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl_seconds: Option<u64>, only_if_absent: bool) -> Answer<bool> {
+        self.0
+            .set(key, value, ttl_seconds, only_if_absent)
             .await
-            .unwrap(),
-        CasOutcome::Conflict(Some(b"v1".to_vec()))
-    );
-    assert_eq!(
-        cache.compare_and_swap("cas", Some(b"v1"), b"v2", None).await.unwrap(),
-        CasOutcome::Swapped
-    );
-    assert_eq!(cache.get("cas").await.unwrap().as_deref(), Some(&b"v2"[..]));
-    assert_eq!(cache.ttl("cas").await.unwrap(), Ttl::Persistent);
-    assert_eq!(
-        cache
-            .compare_and_swap("absent", Some(b"v1"), b"v2", None)
-            .await
-            .unwrap(),
-        CasOutcome::Conflict(None)
-    );
-    assert!(!cache.exists("absent").await.unwrap());
-}
+            .map_err(contract_error)
+    }
 
-async fn compare_and_delete(cache: &Keyspace) {
-    cache.set("lock", b"token-1", Some(60), false).await.unwrap();
-    assert!(!cache.compare_and_delete("lock", b"token-2").await.unwrap());
-    assert_eq!(cache.get("lock").await.unwrap().as_deref(), Some(&b"token-1"[..]));
-    assert!(cache.compare_and_delete("lock", b"token-1").await.unwrap());
-    assert!(!cache.exists("lock").await.unwrap());
-    assert!(
-        !cache.compare_and_delete("lock", b"token-1").await.unwrap(),
-        "absent: nothing to delete"
-    );
-    // Concurrent holders of the same token: exactly one deletes.
-    cache.set("lock", b"t", None, false).await.unwrap();
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.compare_and_delete("lock", b"t").await.unwrap() })
+    async fn delete(&self, keys: &[String]) -> Answer<u32> {
+        self.0.delete(keys).await.map_err(contract_error)
+    }
+
+    async fn exists(&self, key: &str) -> Answer<bool> {
+        self.0.exists(key).await.map_err(contract_error)
+    }
+
+    async fn expire(&self, key: &str, ttl_seconds: u64) -> Answer<bool> {
+        self.0.expire(key, ttl_seconds).await.map_err(contract_error)
+    }
+
+    async fn ttl(&self, key: &str) -> Answer<contract::Ttl> {
+        Ok(match self.0.ttl(key).await.map_err(contract_error)? {
+            Ttl::Missing => contract::Ttl::Missing,
+            Ttl::Persistent => contract::Ttl::Persistent,
+            Ttl::ExpiresIn(seconds) => contract::Ttl::ExpiresIn(seconds),
         })
-        .collect();
-    let mut deleted = 0;
-    for task in tasks {
-        deleted += usize::from(task.await.unwrap());
     }
-    assert_eq!(deleted, 1);
-}
 
-async fn invalid_input_is_typed_and_changes_nothing(cache: &Keyspace) {
-    assert!(matches!(cache.get("").await, Err(StoreError::InvalidKey(_))));
-    assert!(matches!(
-        cache.set(&"k".repeat(513), b"v", None, false).await,
-        Err(StoreError::InvalidKey(_))
-    ));
-    assert!(matches!(cache.get("line\nbreak").await, Err(StoreError::InvalidKey(_))));
-    assert!(matches!(
-        cache.get_many(&keys(&["ok", ""])).await,
-        Err(StoreError::InvalidKey(_))
-    ));
-    let big = vec![0u8; 1024 * 1024 + 1];
-    assert_eq!(
-        cache.set("big", &big, None, false).await,
-        Err(StoreError::ValueTooLarge { limit: 1024 * 1024 })
-    );
-    assert_eq!(
-        cache.compare_and_swap("big", None, &big, None).await,
-        Err(StoreError::ValueTooLarge { limit: 1024 * 1024 })
-    );
-    assert!(!cache.exists("big").await.unwrap());
-    assert!(
-        cache.set("max", &big[1..], None, false).await.unwrap(),
-        "exactly the limit is accepted"
-    );
-    for zero_ttl in [
-        cache.set("z", b"v", Some(0), false).await.err(),
-        cache.expire("max", 0).await.err(),
-        cache.incr_by("z", 1, 0).await.err(),
-    ] {
-        assert!(matches!(zero_ttl, Some(StoreError::InvalidArgument(_))), "{zero_ttl:?}");
+    async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Answer<i64> {
+        self.0.incr_by(key, delta, ttl_if_new).await.map_err(contract_error)
     }
-    assert!(!cache.exists("z").await.unwrap());
+
+    async fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Answer<contract::BoundedIncr> {
+        let outcome = self
+            .0
+            .incr_by_bounded(key, delta, ttl_if_new, max)
+            .await
+            .map_err(contract_error)?;
+        Ok(contract::BoundedIncr {
+            applied: outcome.applied,
+            value: outcome.value,
+        })
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl_seconds: Option<u64>,
+    ) -> Answer<contract::CasOutcome> {
+        self.0
+            .compare_and_swap(key, expected, new, ttl_seconds)
+            .await
+            .map(contract_cas)
+            .map_err(contract_error)
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Answer<bool> {
+        self.0.compare_and_delete(key, expected).await.map_err(contract_error)
+    }
+
+    async fn pass_time(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// One task per call, on a multi-threaded runtime: as many instances
+    /// calling at once.
+    async fn race(&self, copies: usize, call: Call) -> Vec<Answer<Outcome>> {
+        let tasks: Vec<_> = (0..copies)
+            .map(|_| {
+                let (cache, call) = (self.0.clone(), call.clone());
+                tokio::spawn(async move { call.run(&Harnessed(&cache)).await })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(copies);
+        for task in tasks {
+            outcomes.push(task.await.expect("a racing call panicked"));
+        }
+        outcomes
+    }
 }
 
 async fn namespaces_do_not_cross(cache: &Keyspace) {
@@ -687,62 +577,51 @@ async fn list_keys_matches_the_scope_literally(cache: &Keyspace) {
     assert_eq!(page.cursor, None);
 }
 
-/// Each contract test, once per store.
+/// Each case of the contract (`edge_cache_contract::conformance`) and each
+/// case only a host can check, once per backend.
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
+    ($($case:ident),* $(,)?) => {
+        backends!(
+            contract: [$($case),*],
+            host: [
+                namespaces_do_not_cross,
+                kv_store_round_trip,
+                kv_buckets_are_prefixes_apart,
+                kv_bucket_identifiers_are_checked,
+                kv_increment,
+                kv_batch,
+                kv_bad_input_is_the_wit_error,
+                kv_list_keys,
+                list_keys_matches_the_scope_literally,
+            ]
+        );
+    };
+}
+
+macro_rules! backends {
+    (contract: [$($case:ident),*], host: [$($host:ident),* $(,)?]) => {
+        backends!(@backend redis, super::Subject::redis().await, [$($case),*], [$($host),*]);
+        backends!(@backend near_cache, super::Subject::near_cache().await, [$($case),*], [$($host),*]);
+        backends!(@backend memory, super::Subject::memory(), [$($case),*], [$($host),*]);
+        backends!(@backend cluster, super::Subject::cluster().await, [$($case),*], [$($host),*]);
+    };
+    (@backend $backend:ident, $subject:expr, [$($case:ident),*], [$($host:ident),*]) => {
+        mod $backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let subject = super::Subject::redis().await;
-                super::$name(&subject.cache).await;
+            async fn $case() {
+                let subject = $subject;
+                edge_cache_contract::conformance::$case(&super::Harnessed(&subject.cache)).await;
             })*
-        }
-        mod near_cache {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let subject = super::Subject::near_cache().await;
-                super::$name(&subject.cache).await;
-            })*
-        }
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let subject = super::Subject::memory();
-                super::$name(&subject.cache).await;
-            })*
-        }
-        mod cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let subject = super::Subject::cluster().await;
-                super::$name(&subject.cache).await;
+            async fn $host() {
+                let subject = $subject;
+                super::$host(&subject.cache).await;
             })*
         }
     };
 }
 
-conformance!(
-    get_set_delete,
-    only_if_absent,
-    ttl_and_expiry,
-    get_many,
-    counters,
-    bounded_counters,
-    concurrent_bounded_counters_never_pass_the_bound,
-    concurrent_counters_are_atomic,
-    compare_and_swap,
-    compare_and_delete,
-    invalid_input_is_typed_and_changes_nothing,
-    namespaces_do_not_cross,
-    kv_store_round_trip,
-    kv_buckets_are_prefixes_apart,
-    kv_bucket_identifiers_are_checked,
-    kv_increment,
-    kv_batch,
-    kv_bad_input_is_the_wit_error,
-    kv_list_keys,
-    list_keys_matches_the_scope_literally,
-);
+edge_cache_contract::for_each_case!(conformance);
 
 /// A value of another type (a list, which only Redis can hold) at a key of
 /// the namespace: reading and comparing calls answer `wrong-type`; `delete`

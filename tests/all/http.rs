@@ -345,7 +345,7 @@ async fn keys_in_redis_carry_the_namespace_and_a_ttl() {
     let mut stored: Vec<String> = redis.keys("*").await.unwrap();
     stored.sort();
     assert_eq!(stored.len(), 2, "the fill lock is gone: {stored:?}");
-    assert_eq!(stored[0], "tenant-a:profile:v1:carol");
+    assert_eq!(stored[0], "tenant-a:profile:v2:carol");
     assert!(
         stored[1].starts_with("tenant-a:rl:{ip:127.0.0.1}:default:fw:60:"),
         "{stored:?}"
@@ -356,7 +356,7 @@ async fn keys_in_redis_carry_the_namespace_and_a_ttl() {
     let counter_ttl: i64 = redis.ttl(&stored[1]).await.unwrap();
     assert!((1..=61).contains(&counter_ttl), "counter TTL {counter_ttl}");
     let cached: Value = serde_json::from_slice(&redis.get::<_, Vec<u8>>(&stored[0]).await.unwrap()).unwrap();
-    assert_eq!(cached["profile"], serde_json::from_str::<Value>(CAROL).unwrap());
+    assert_eq!(cached["value"], serde_json::from_str::<Value>(CAROL).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,7 +382,7 @@ async fn guest_configuration_comes_from_the_environment() {
     let ttl: i64 = server
         .connection()
         .await
-        .ttl("edge-cache:profile:v1:alice")
+        .ttl("edge-cache:profile:v2:alice")
         .await
         .unwrap();
     assert!((48..=50).contains(&ttl), "profile TTL {ttl}");

@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod keyvalue;
 mod near_cache;
+mod one_time_codes;
 mod redis_faults;
 mod redis_ops;
 mod startup;

@@ -214,7 +214,7 @@ async fn a_value_of_another_type_is_replaced_by_the_next_fill() {
     let server = RedisServer::start();
     let served = Served::start(config(store(&server))).await;
     let mut redis = server.connection().await;
-    let key = "edge-cache:profile:v1:alice";
+    let key = "edge-cache:profile:v2:alice";
     let _: () = redis::cmd("RPUSH")
         .arg(key)
         .arg("not a profile")

@@ -54,7 +54,7 @@ impl incoming_handler::Guest for Floor {
         drop(request);
         let client = headers
             .iter()
-            .find(|(name, _)| name == "x-edge-client-ip")
+            .find(|(name, _)| name == edge_cache_contract::CLIENT_IP_HEADER)
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
             .unwrap_or("anonymous");
 
@@ -62,7 +62,7 @@ impl incoming_handler::Guest for Floor {
         let window = digits.format(now_ms() / (WINDOW_SECONDS * 1000));
         let counter = ["rl:{ip:", client, "}:default:fw:60:", window].concat();
         let count = cache::incr_by_bounded(&counter, 1, WINDOW_SECONDS + 1, LIMIT).map_or(0, |outcome| outcome.value);
-        let _cached = cache::get("profile:v1:alice");
+        let _cached = cache::get("profile:v2:alice");
         let _now = now_ms();
 
         let remaining = digits.format(LIMIT - count).to_owned();

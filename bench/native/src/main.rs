@@ -21,6 +21,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
+use edge_cache_contract::config::{
+    PROFILE_FILL_WAIT_MS, PROFILE_NEGATIVE_TTL_SECONDS, PROFILE_STALE_SECONDS, PROFILE_TTL_SECONDS,
+    RATE_LIMIT_REQUESTS, RATE_LIMIT_WINDOW_SECONDS,
+};
+use edge_cache_contract::{API_KEY_HEADER, cache_aside, policy, problem};
 use edge_cache_origin::{Origin, OriginConfig};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, SetExpiry, SetOptions};
@@ -61,17 +66,17 @@ struct Args {
     origin_db: Option<PathBuf>,
     #[arg(long, env = "EDGE_CACHE_ORIGIN_LATENCY_MS", default_value_t = 0)]
     origin_latency_ms: u64,
-    #[arg(long, env = "PROFILE_TTL_SECONDS", default_value_t = 600)]
+    #[arg(long, env = PROFILE_TTL_SECONDS, default_value_t = cache_aside::DEFAULT_TTL_SECONDS)]
     profile_ttl: u64,
-    #[arg(long, env = "PROFILE_STALE_SECONDS", default_value_t = 60)]
+    #[arg(long, env = PROFILE_STALE_SECONDS, default_value_t = cache_aside::DEFAULT_STALE_SECONDS)]
     profile_stale: u64,
-    #[arg(long, env = "PROFILE_NEGATIVE_TTL_SECONDS", default_value_t = 30)]
+    #[arg(long, env = PROFILE_NEGATIVE_TTL_SECONDS, default_value_t = cache_aside::DEFAULT_NEGATIVE_TTL_SECONDS)]
     profile_negative_ttl: u64,
-    #[arg(long, env = "PROFILE_FILL_WAIT_MS", default_value_t = 1000)]
+    #[arg(long, env = PROFILE_FILL_WAIT_MS, default_value_t = cache_aside::DEFAULT_FILL_WAIT_MS)]
     profile_fill_wait_ms: u64,
-    #[arg(long, env = "RATE_LIMIT_REQUESTS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = RATE_LIMIT_REQUESTS, default_value_t = policy::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_requests: u32,
-    #[arg(long, env = "RATE_LIMIT_WINDOW_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = RATE_LIMIT_WINDOW_SECONDS, default_value_t = policy::DEFAULT_WINDOW_SECONDS, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_window: u32,
 }
 
@@ -90,12 +95,13 @@ struct App {
     compare_and_swap: Script,
 }
 
-/// The guest's cache entry, byte for byte; like the guest, it keeps the
-/// profile as the compact text it answers with.
+/// The guest's cache entry (the SDK's cache-aside envelope), byte for byte;
+/// like the guest, it keeps the profile as the compact text it answers with.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     fresh_until: u64,
     compute_ms: u64,
+    #[serde(rename = "value")]
     profile: Option<Box<RawValue>>,
 }
 
@@ -189,7 +195,7 @@ async fn get_profile(
 
 /// A digest of the API key when there is one, else the client address.
 fn caller(headers: &HeaderMap, peer: SocketAddr) -> String {
-    match headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim) {
+    match headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim) {
         Some(key) if !key.is_empty() => {
             let digest = Sha256::digest(key.as_bytes());
             let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -240,7 +246,7 @@ impl App {
         if let Err(why) = validate_id(id) {
             return problem(StatusCode::BAD_REQUEST, "invalid-id", "Invalid profile id", &why);
         }
-        let key = self.key(&format!("profile:v1:{id}"));
+        let key = self.key(&format!("profile:v2:{id}"));
         let mut redis = self.redis.clone();
         let (entry, source) = match self.redis(redis.get::<_, Option<Vec<u8>>>(&key)).await {
             Ok(stored) => match stored.as_deref().and_then(fresh) {
@@ -390,14 +396,9 @@ fn validate_id(id: &str) -> Result<(), String> {
 }
 
 fn problem(status: StatusCode, kind: &str, title: &str, detail: &str) -> Response {
-    let body = serde_json::json!({
-        "type": format!("urn:edge-cache:problem:{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut response = (status, body.to_string()).into_response();
-    insert(&mut response, "content-type", "application/problem+json".into());
+    let body = problem::body(status.as_u16(), kind, title, detail);
+    let mut response = (status, body).into_response();
+    insert(&mut response, "content-type", problem::CONTENT_TYPE.into());
     response
 }
 

@@ -1,16 +1,18 @@
-//! The function's settings, read from its (WASI) environment.
+//! The edge function's settings, read from its (WASI) environment; the
+//! harness checks them with the same code before it starts.
 //!
 //! Every setting has a default, so the component runs on any host, even one
-//! that passes no environment at all.
+//! that passes no environment at all. The defaults are the constants of
+//! [`crate::cache_aside`] and [`crate::policy`]:
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `PROFILE_TTL_SECONDS` | 600 | how long a cached profile is fresh |
-//! | `PROFILE_STALE_SECONDS` | 60 | how long past that it may be served while refreshed |
-//! | `PROFILE_NEGATIVE_TTL_SECONDS` | 30 | how long an unknown id is remembered |
-//! | `PROFILE_FILL_WAIT_MS` | 1000 | how long a miss waits for another request's fill |
-//! | `RATE_LIMIT_REQUESTS` | 60 | the default policy's limit (fixed window) |
-//! | `RATE_LIMIT_WINDOW_SECONDS` | 60 | the default policy's window |
+//! | `PROFILE_TTL_SECONDS` | [`DEFAULT_TTL_SECONDS`] | how long a cached profile is fresh |
+//! | `PROFILE_STALE_SECONDS` | [`DEFAULT_STALE_SECONDS`] | how long past that it may be served while refreshed |
+//! | `PROFILE_NEGATIVE_TTL_SECONDS` | [`DEFAULT_NEGATIVE_TTL_SECONDS`] | how long an unknown id is remembered |
+//! | `PROFILE_FILL_WAIT_MS` | [`DEFAULT_FILL_WAIT_MS`] | how long a miss waits for another request's fill |
+//! | `RATE_LIMIT_REQUESTS` | [`DEFAULT_LIMIT`] | the default policy's limit (fixed window) |
+//! | `RATE_LIMIT_WINDOW_SECONDS` | [`DEFAULT_WINDOW_SECONDS`] | the default policy's window |
 //! | `RATE_LIMITS` | none | policies per route and caller class, below |
 //!
 //! `RATE_LIMITS` is a `;`-separated list of rules
@@ -25,16 +27,30 @@
 //! route, then class, then `*/*` (which `RATE_LIMIT_REQUESTS` and
 //! `RATE_LIMIT_WINDOW_SECONDS` define unless a rule does). Example:
 //! `*/api-key=sliding-window:600/1m; put-profile/*=gcra:10/1m,burst=3,fail=closed`.
+//!
+//! [`DEFAULT_TTL_SECONDS`]: crate::cache_aside::DEFAULT_TTL_SECONDS
+//! [`DEFAULT_STALE_SECONDS`]: crate::cache_aside::DEFAULT_STALE_SECONDS
+//! [`DEFAULT_NEGATIVE_TTL_SECONDS`]: crate::cache_aside::DEFAULT_NEGATIVE_TTL_SECONDS
+//! [`DEFAULT_FILL_WAIT_MS`]: crate::cache_aside::DEFAULT_FILL_WAIT_MS
+//! [`DEFAULT_LIMIT`]: crate::policy::DEFAULT_LIMIT
+//! [`DEFAULT_WINDOW_SECONDS`]: crate::policy::DEFAULT_WINDOW_SECONDS
 
 use crate::cache_aside::Settings;
-use crate::rate_limit::{Algorithm, FailMode, Policy};
+use crate::policy::{Algorithm, FailMode, Policy};
 
+/// How long a cached profile is fresh, in seconds.
 pub const PROFILE_TTL_SECONDS: &str = "PROFILE_TTL_SECONDS";
+/// How long past freshness a profile may be served while refreshed, in seconds.
 pub const PROFILE_STALE_SECONDS: &str = "PROFILE_STALE_SECONDS";
+/// How long an unknown profile id is remembered, in seconds.
 pub const PROFILE_NEGATIVE_TTL_SECONDS: &str = "PROFILE_NEGATIVE_TTL_SECONDS";
+/// How long a miss waits for another request's fill, in milliseconds.
 pub const PROFILE_FILL_WAIT_MS: &str = "PROFILE_FILL_WAIT_MS";
+/// The default policy's limit.
 pub const RATE_LIMIT_REQUESTS: &str = "RATE_LIMIT_REQUESTS";
+/// The default policy's window, in seconds.
 pub const RATE_LIMIT_WINDOW_SECONDS: &str = "RATE_LIMIT_WINDOW_SECONDS";
+/// Policies per route and caller class (see the module's documentation).
 pub const RATE_LIMITS: &str = "RATE_LIMITS";
 
 /// What a request is, for choosing its rate limit.

@@ -13,7 +13,13 @@
 //! Redis Cluster slot. Time comes in as `now_ms` (wall clock, milliseconds),
 //! so every edge is testable.
 
+mod headers;
+mod telemetry;
+
 use crate::host::{Cache, CacheError, CasOutcome};
+pub use edge_cache_contract::policy::{Algorithm, FailMode, Policy};
+pub use headers::{DEGRADED_HEADER, headers, retry_after};
+pub use telemetry::Telemetry;
 
 /// The longest accepted caller key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -26,98 +32,46 @@ pub const MAX_NAME_LEN: usize = 64;
 /// many times is denied: more than any burst up to this size was spent.
 pub const MAX_CAS_ATTEMPTS: u32 = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    FixedWindow,
-    SlidingWindow,
-    /// Token bucket semantics: `limit` per window as a steady rate, bursts of
-    /// up to `burst` units (`None`: `limit`).
-    Gcra {
-        burst: Option<u32>,
-    },
+/// Checks that a policy can be enforced, before any I/O.
+fn validate_policy(policy: &Policy) -> Result<(), RateLimitError> {
+    let invalid = |why: &str| Err(RateLimitError::InvalidPolicy(why.to_owned()));
+    if policy.limit == 0 {
+        return invalid("limit must be at least 1");
+    }
+    if policy.window_seconds == 0 {
+        return invalid("window must be at least 1 second");
+    }
+    if policy.name.len() > MAX_NAME_LEN
+        || !policy
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+    {
+        return invalid("a policy name has at most 64 characters of a-z 0-9 . _ -");
+    }
+    if let Algorithm::Gcra { burst } = policy.algorithm {
+        if burst == Some(0) {
+            return invalid("burst must be at least 1");
+        }
+        if emission_interval_us(policy) == 0 {
+            return invalid("GCRA supports at most 1,000,000 units per second");
+        }
+    }
+    Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailMode {
-    #[default]
-    Open,
-    Closed,
-}
-
-/// `limit` units of cost per `window_seconds`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// Names the quota; empty means `default`.
-    pub name: String,
-    pub algorithm: Algorithm,
-    pub limit: u32,
-    pub window_seconds: u32,
-    pub fail_mode: FailMode,
-}
-
-impl Policy {
-    /// The seeds' default: 60 requests a minute, fixed window, fail-open.
-    pub fn seed_default() -> Self {
-        Self {
-            name: String::new(),
-            algorithm: Algorithm::FixedWindow,
-            limit: 60,
-            window_seconds: 60,
-            fail_mode: FailMode::Open,
-        }
-    }
-
-    /// The name sent in `RateLimit` headers.
-    pub fn display_name(&self) -> &str {
-        if self.name.is_empty() { "default" } else { &self.name }
-    }
-
-    fn window_ms(&self) -> u64 {
-        u64::from(self.window_seconds) * 1000
-    }
-
-    /// The most units one request may cost.
-    fn capacity(&self) -> u32 {
-        match self.algorithm {
-            Algorithm::Gcra { burst: Some(burst) } => burst,
-            _ => self.limit,
-        }
-    }
-
-    fn validate(&self) -> Result<(), RateLimitError> {
-        let invalid = |why: &str| Err(RateLimitError::InvalidPolicy(why.to_owned()));
-        if self.limit == 0 {
-            return invalid("limit must be at least 1");
-        }
-        if self.window_seconds == 0 {
-            return invalid("window must be at least 1 second");
-        }
-        if self.name.len() > MAX_NAME_LEN
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-        {
-            return invalid("a policy name has at most 64 characters of a-z 0-9 . _ -");
-        }
-        if let Algorithm::Gcra { burst } = self.algorithm {
-            if burst == Some(0) {
-                return invalid("burst must be at least 1");
-            }
-            if emission_interval_us(self) == 0 {
-                return invalid("GCRA supports at most 1,000,000 units per second");
-            }
-        }
-        Ok(())
-    }
-}
-
+/// The answer to a check (`edge:cache/rate-limit`'s `decision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the request may proceed.
     pub allowed: bool,
+    /// The policy's limit.
     pub limit: u32,
+    /// Units of cost still available.
     pub remaining: u32,
+    /// Milliseconds until the quota is whole again.
     pub reset_after_ms: u64,
+    /// When denied, milliseconds until the same cost can be allowed.
     pub retry_after_ms: u64,
     /// Why the decision was made without the cache, when it was.
     pub degraded: Option<Degraded>,
@@ -127,13 +81,19 @@ pub struct Decision {
 /// headers and the host's count) and the details (for logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Degraded {
+    /// What kind of failure.
     pub reason: DegradedReason,
+    /// The failure, for logs.
     pub detail: String,
 }
 
+/// Why a decision was made without the cache (`edge:cache/telemetry`'s
+/// `degraded-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DegradedReason {
+    /// The cache could not be reached.
     CacheUnavailable,
+    /// The cache did not answer in time.
     CacheTimeout,
     /// Any other cache error, such as a value that is not a counter.
     CacheError,
@@ -167,10 +127,14 @@ impl From<&CacheError> for Degraded {
     }
 }
 
+/// Why a check could not be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitError {
+    /// The policy is unusable; says why.
     InvalidPolicy(String),
+    /// The key is empty or too long.
     InvalidKey(String),
+    /// The cost is zero or more than the policy allows at once.
     InvalidCost(String),
     /// Only from [`reset`]: checks decide by the fail mode instead.
     Unavailable(String),
@@ -225,7 +189,7 @@ pub fn reset(cache: &impl Cache, key: &str, policy: &Policy, now_ms: u64) -> Res
 }
 
 fn validate(key: &str, policy: &Policy, cost: u32) -> Result<(), RateLimitError> {
-    policy.validate()?;
+    validate_policy(policy)?;
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(RateLimitError::InvalidKey(format!(
             "a key has 1 to {MAX_KEY_LEN} bytes, not {}",
