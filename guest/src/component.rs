@@ -15,10 +15,12 @@ mod bindings {
 
 use crate::cache_aside::{ProfileError, Profiles, Settings, Source};
 use crate::config::Config;
-use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Origin, OriginError};
+use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Held, Lookup, Origin, OriginError, PenaltyBox};
 use crate::http;
 use crate::rate_limit::{self, Algorithm, Decision, DegradedReason, FailMode, Policy, RateLimitError};
-use bindings::edge::cache::{cache as wit_cache, origin as wit_origin, telemetry as wit_telemetry};
+use bindings::edge::cache::{
+    cache as wit_cache, origin as wit_origin, penalty_box as wit_penalty_box, telemetry as wit_telemetry,
+};
 use bindings::exports::edge::cache::{profiles as wit_profiles, rate_limit as wit_rate_limit};
 use bindings::exports::wasi::http::incoming_handler;
 use bindings::wasi::http::types::{
@@ -96,6 +98,30 @@ impl Cache for HostCache {
 
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
         Ok(wit_cache::compare_and_delete(key, expected)?)
+    }
+}
+
+/// `edge:cache/penalty-box` as the limiter sees it.
+struct HostPenaltyBox;
+
+impl PenaltyBox for HostPenaltyBox {
+    fn look(&self, key: &str) -> Lookup {
+        let lookup = wit_penalty_box::look(key);
+        Lookup {
+            ticket: lookup.ticket,
+            held: lookup.held.map(|entry| Held {
+                until_ms: entry.until_ms,
+                note: entry.note,
+            }),
+        }
+    }
+
+    fn hold(&self, key: &str, ticket: u64, until_ms: u64, note: &[u8]) {
+        wit_penalty_box::hold(key, ticket, until_ms, note);
+    }
+
+    fn release(&self, key: &str) {
+        wit_penalty_box::release(key);
     }
 }
 
@@ -262,17 +288,24 @@ impl wit_rate_limit::Guest for EdgeFunction {
         policy: wit_rate_limit::Policy,
         cost: u32,
     ) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
-        let decision = rate_limit::check(&HostCache, &key, &policy.into(), cost, HostClock.now_ms())?;
+        let decision = rate_limit::check(
+            &HostCache,
+            &HostPenaltyBox,
+            &key,
+            &policy.into(),
+            cost,
+            HostClock.now_ms(),
+        )?;
         report(&decision);
         Ok(decision.into())
     }
 
     fn peek(key: String, policy: wit_rate_limit::Policy) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
-        Ok(rate_limit::peek(&HostCache, &key, &policy.into(), HostClock.now_ms())?.into())
+        Ok(rate_limit::peek(&HostCache, &HostPenaltyBox, &key, &policy.into(), HostClock.now_ms())?.into())
     }
 
     fn reset(key: String, policy: wit_rate_limit::Policy) -> Result<(), wit_rate_limit::Error> {
-        Ok(rate_limit::reset(&HostCache, &key, &policy.into(), HostClock.now_ms())?)
+        Ok(rate_limit::reset(&HostCache, &HostPenaltyBox, &key, &policy.into(), HostClock.now_ms())?)
     }
 }
 
@@ -280,7 +313,14 @@ impl incoming_handler::Guest for EdgeFunction {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let response = match config() {
             Ok(config) => {
-                let response = http::handle(&read_request(request), &HostCache, &HostOrigin, &HostClock, config);
+                let response = http::handle(
+                    &read_request(request),
+                    &HostCache,
+                    &HostPenaltyBox,
+                    &HostOrigin,
+                    &HostClock,
+                    config,
+                );
                 if let Some(decision) = &response.decision {
                     report(decision);
                 }

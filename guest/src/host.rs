@@ -79,6 +79,30 @@ pub trait Origin {
     fn update(&self, id: &str, profile: &str) -> Result<bool, OriginError>;
 }
 
+/// An entry of the penalty box: see [`PenaltyBox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub until_ms: u64,
+    pub note: Vec<u8>,
+}
+
+/// What [`PenaltyBox::look`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lookup {
+    /// To pass to [`PenaltyBox::hold`].
+    pub ticket: u64,
+    pub held: Option<Held>,
+}
+
+/// `edge:cache/penalty-box`: the host's process-local memory of denials.
+/// It may forget anything at any time; it only ever saves cache calls.
+pub trait PenaltyBox {
+    fn look(&self, key: &str) -> Lookup;
+    /// Kept unless `key` was released since the look that gave `ticket`.
+    fn hold(&self, key: &str, ticket: u64, until_ms: u64, note: &[u8]);
+    fn release(&self, key: &str);
+}
+
 /// Time and chance, from WASI in the component and controllable in tests.
 pub trait Clock {
     /// Milliseconds since the Unix epoch (wall clock: instances agree on it).
@@ -318,6 +342,72 @@ pub mod memory {
             self.entries.borrow_mut().remove(key);
             Ok(true)
         }
+    }
+
+    /// A penalty box as the harness keeps one: entries until their end,
+    /// holds refused across a release. Counts its calls.
+    #[derive(Default)]
+    pub struct MemoryBox {
+        entries: RefCell<HashMap<String, Held>>,
+        releases: Cell<u64>,
+        pub looks: Cell<u32>,
+        pub holds: Cell<u32>,
+        /// Runs at the start of `hold`, to simulate a concurrent reset.
+        pub before_hold: RefCell<Option<Box<dyn Fn(&MemoryBox)>>>,
+    }
+
+    impl MemoryBox {
+        pub fn entry(&self, key: &str) -> Option<Held> {
+            self.entries.borrow().get(key).cloned()
+        }
+
+        pub fn keys(&self) -> Vec<String> {
+            let mut keys: Vec<String> = self.entries.borrow().keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+    }
+
+    impl PenaltyBox for MemoryBox {
+        fn look(&self, key: &str) -> Lookup {
+            self.looks.set(self.looks.get() + 1);
+            Lookup {
+                ticket: self.releases.get(),
+                held: self.entry(key),
+            }
+        }
+
+        fn hold(&self, key: &str, ticket: u64, until_ms: u64, note: &[u8]) {
+            self.holds.set(self.holds.get() + 1);
+            if let Some(before) = self.before_hold.borrow().as_ref() {
+                before(self);
+            }
+            if ticket == self.releases.get() {
+                let held = Held {
+                    until_ms,
+                    note: note.to_vec(),
+                };
+                self.entries.borrow_mut().insert(key.to_owned(), held);
+            }
+        }
+
+        fn release(&self, key: &str) {
+            self.releases.set(self.releases.get() + 1);
+            self.entries.borrow_mut().remove(key);
+        }
+    }
+
+    /// A host that keeps nothing, as the contract allows.
+    pub struct Forgetful;
+
+    impl PenaltyBox for Forgetful {
+        fn look(&self, _: &str) -> Lookup {
+            Lookup::default()
+        }
+
+        fn hold(&self, _: &str, _: u64, _: u64, _: &[u8]) {}
+
+        fn release(&self, _: &str) {}
     }
 
     #[derive(Default)]
