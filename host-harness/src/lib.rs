@@ -12,6 +12,7 @@ pub mod host;
 pub mod listener;
 pub mod metrics;
 pub mod overload;
+pub mod penalty_box;
 pub mod server;
 
 /// The profile origin this harness serves to the guest.

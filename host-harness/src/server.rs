@@ -14,6 +14,7 @@ use crate::listener::{self, ConnectionLimits, Connections};
 use crate::metrics::{DecisionCounters, Metrics};
 use crate::origin::{Origin, OriginConfig, OriginError};
 use crate::overload::{Admission, BodyBudget, InstancePermit, QueueLimits, Summary};
+use crate::penalty_box::{DEFAULT_MAX_ENTRIES as DEFAULT_PENALTY_BOX_ENTRIES, PenaltyBox};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -92,6 +93,8 @@ pub struct HarnessConfig {
     pub guest_limits: GuestLimits,
     /// What requests and connections may hold, and who is believed.
     pub serving: ServingConfig,
+    /// Denials the penalty box keeps at most; 0 keeps none.
+    pub penalty_box_entries: u64,
 }
 
 /// How the harness faces its clients: bounds on connections, request bodies
@@ -138,6 +141,7 @@ impl Default for HarnessConfig {
             guest_env: Vec::new(),
             guest_limits: GuestLimits::default(),
             serving: ServingConfig::default(),
+            penalty_box_entries: DEFAULT_PENALTY_BOX_ENTRIES,
         }
     }
 }
@@ -297,6 +301,7 @@ impl Harness {
                 cache,
                 origin,
                 decisions: DecisionCounters::new(&metrics.rate_limit_decisions),
+                penalty_box: PenaltyBox::new(config.penalty_box_entries, metrics.penalty_box_counters()),
             },
             metrics,
             guest_env: config.guest_env.clone(),
@@ -666,6 +671,7 @@ impl Harness {
                             harness.admission.queued(),
                             harness.warm.len(),
                         );
+                        harness.metrics.set_penalty_box_entries(harness.edge.penalty_box.entries());
                         let mut response = hyper::Response::new(full_body(harness.metrics.render()));
                         let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                         response
