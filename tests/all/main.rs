@@ -7,6 +7,7 @@ mod composition;
 mod conformance;
 mod hostile;
 mod http;
+mod penalty_box;
 mod redis_faults;
 mod redis_ops;
 mod startup;
