@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Entries kept by default: with the edge function's keys (about 60 bytes)
-/// and notes (at most 25 bytes), some 20 MB at most.
+/// Entries kept by default: with the edge function's keys (about 60 bytes),
+/// notes (at most 25 bytes) and moka's bookkeeping, some 30 MB when full.
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 
 /// The longest key accepted, as for the cache.
