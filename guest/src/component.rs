@@ -305,7 +305,13 @@ impl wit_rate_limit::Guest for EdgeFunction {
     }
 
     fn reset(key: String, policy: wit_rate_limit::Policy) -> Result<(), wit_rate_limit::Error> {
-        Ok(rate_limit::reset(&HostCache, &HostPenaltyBox, &key, &policy.into(), HostClock.now_ms())?)
+        Ok(rate_limit::reset(
+            &HostCache,
+            &HostPenaltyBox,
+            &key,
+            &policy.into(),
+            HostClock.now_ms(),
+        )?)
     }
 }
 

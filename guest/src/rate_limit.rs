@@ -261,8 +261,8 @@ fn denial_from_box(held: &Held, policy: &Policy, cost: u32, now_ms: u64) -> Opti
     let cost_units = i64::from(cost);
     match (Snapshot::decode(&held.note)?, policy.algorithm) {
         (Snapshot::Fixed { window, count }, Algorithm::FixedWindow) => {
-            (now_ms / window_ms == window && count + cost_units > limit)
-                .then(|| fixed_decision(policy, false, count, now_ms))
+            let denied = now_ms / window_ms == window && count + cost_units > limit;
+            denied.then(|| fixed_decision(policy, false, count, now_ms))
         }
         (
             Snapshot::Sliding {
@@ -717,7 +717,9 @@ mod tests {
         #[test]
         fn allows_exactly_the_limit_and_denials_consume_nothing() {
             let cache = MemoryCache::default();
-            let decisions: Vec<_> = (0..5).map(|_| check(&cache, &Forgetful, "ip:1", &P(), 1, T0).unwrap()).collect();
+            let decisions: Vec<_> = (0..5)
+                .map(|_| check(&cache, &Forgetful, "ip:1", &P(), 1, T0).unwrap())
+                .collect();
             assert_eq!(allowed_of(&decisions), [true, true, true, false, false]);
             assert_eq!(
                 decisions.iter().map(|d| d.remaining).collect::<Vec<_>>(),
@@ -833,7 +835,10 @@ mod tests {
             check(&cache, &Forgetful, "k", &P(), 1, T0 + 10_000).unwrap();
             reset(&cache, &Forgetful, "k", &P(), T0 + 10_000).unwrap();
             assert!(cache.keys().is_empty());
-            assert_eq!(check(&cache, &Forgetful, "k", &P(), 1, T0 + 10_000).unwrap().remaining, 9);
+            assert_eq!(
+                check(&cache, &Forgetful, "k", &P(), 1, T0 + 10_000).unwrap().remaining,
+                9
+            );
         }
 
         #[test]
@@ -855,7 +860,9 @@ mod tests {
         #[test]
         fn bursts_then_the_steady_rate() {
             let cache = MemoryCache::default();
-            let burst: Vec<_> = (0..4).map(|_| check(&cache, &Forgetful, "k", &P(), 1, T0).unwrap()).collect();
+            let burst: Vec<_> = (0..4)
+                .map(|_| check(&cache, &Forgetful, "k", &P(), 1, T0).unwrap())
+                .collect();
             assert_eq!(allowed_of(&burst), [true, true, true, false]);
             assert_eq!(burst.iter().map(|d| d.remaining).collect::<Vec<_>>(), [2, 1, 0, 0]);
             assert_eq!(burst[3].retry_after_ms, 1_000);
@@ -1020,7 +1027,10 @@ mod tests {
         ];
         for bad in bad_policies {
             assert!(
-                matches!(check(&cache, &Forgetful, "k", &bad, 1, T0), Err(RateLimitError::InvalidPolicy(_))),
+                matches!(
+                    check(&cache, &Forgetful, "k", &bad, 1, T0),
+                    Err(RateLimitError::InvalidPolicy(_))
+                ),
                 "{bad:?}"
             );
         }

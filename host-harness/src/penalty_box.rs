@@ -171,11 +171,9 @@ impl PenaltyBox {
 impl Inner {
     fn shard(&self, key: &str) -> &Shard {
         // FNV-1a: cheap, and a key chosen to collide costs only holds.
-        let hash = key
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
         &self.shards[(hash % SHARDS as u64) as usize]
     }
 }

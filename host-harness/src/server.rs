@@ -671,7 +671,9 @@ impl Harness {
                             harness.admission.queued(),
                             harness.warm.len(),
                         );
-                        harness.metrics.set_penalty_box_entries(harness.edge.penalty_box.entries());
+                        harness
+                            .metrics
+                            .set_penalty_box_entries(harness.edge.penalty_box.entries());
                         let mut response = hyper::Response::new(full_body(harness.metrics.render()));
                         let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                         response

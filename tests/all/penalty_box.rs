@@ -19,11 +19,7 @@ const LOOPBACK_CALLER: &str = "ip:127.0.0.1";
 
 /// Commands Redis has run, but for the `INFO` calls that ask.
 async fn commands_run(redis: &mut MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(redis)
-        .await
-        .unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(redis).await.unwrap();
     info.lines()
         .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
         .map(|line| {
@@ -171,7 +167,11 @@ async fn a_reset_here_takes_effect_at_once_one_elsewhere_when_the_hold_ends() {
 
         // Elsewhere: the box still denies, though Redis would allow.
         let _: () = redis::cmd("FLUSHALL").query_async(&mut redis).await.unwrap();
-        assert_eq!(seen(&served).await.status, 429, "{algorithm}: held past a flush elsewhere");
+        assert_eq!(
+            seen(&served).await.status,
+            429,
+            "{algorithm}: held past a flush elsewhere"
+        );
         assert_eq!(seen(&plain).await.status, 200, "{algorithm}: Redis allows");
         for _ in 0..2 {
             seen(&plain).await;
