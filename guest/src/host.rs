@@ -344,6 +344,9 @@ pub mod memory {
         }
     }
 
+    /// Stands for another instance acting while a check is under way.
+    type BeforeHold = Box<dyn Fn(&MemoryBox)>;
+
     /// A penalty box as the harness keeps one: entries until their end,
     /// holds refused across a release. Counts its calls.
     #[derive(Default)]
@@ -353,7 +356,7 @@ pub mod memory {
         pub looks: Cell<u32>,
         pub holds: Cell<u32>,
         /// Runs at the start of `hold`, to simulate a concurrent reset.
-        pub before_hold: RefCell<Option<Box<dyn Fn(&MemoryBox)>>>,
+        pub before_hold: RefCell<Option<BeforeHold>>,
     }
 
     impl MemoryBox {
