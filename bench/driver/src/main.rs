@@ -6,6 +6,10 @@
 //! Redis calls a request makes (`INFO commandstats`), then measures
 //! requests/s, p50/p99 latency and server CPU per request (from /proc), and
 //! prints every harness÷native ratio per round and their medians.
+//!
+//! The `hosts` workloads rank the harness among the Wasm hosts instead: both
+//! it and `wasmtime serve` serve one trivial `wasi:http` component
+//! (`bench/hello`), and the ratios are harness÷`wasmtime serve`.
 
 mod http;
 mod process;
@@ -41,8 +45,17 @@ struct Options {
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     connections: Vec<u32>,
     /// Which workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "hit,limiter,limiter-boxed,miss,floor")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hit,limiter,limiter-boxed,miss,floor,hosts,hosts-reuse"
+    )]
     workloads: Vec<Workload>,
+    /// The `wasmtime` CLI the `hosts` workloads rank the harness against
+    /// (wasmtime-cli 48.0.8; `scripts/setup --bench` installs it). Default:
+    /// the one `scripts/setup --bench` installed, else `wasmtime` on `PATH`.
+    #[arg(long, env = "EDGE_CACHE_WASMTIME")]
+    wasmtime: Option<PathBuf>,
     /// The origin's simulated latency on the miss path, in milliseconds.
     #[arg(long, default_value_t = 1)]
     origin_latency_ms: u64,
@@ -73,10 +86,29 @@ enum Workload {
     /// The hit path's host calls with none of the edge function's logic:
     /// the harness serves `bench/floor` instead of the edge function.
     Floor,
+    /// `bench/hello` (fixed bytes, no imports beyond WASI) served by the
+    /// harness and by `wasmtime serve` with its defaults: the harness ranked
+    /// against the host users would run instead.
+    Hosts,
+    /// As `hosts`, with `wasmtime serve` reusing an instance for as many
+    /// requests as the harness does (`--max-instance-reuse-count`).
+    HostsReuse,
 }
 
 /// The component of the floor workload (built by `build.rs`).
 const FLOOR_COMPONENT: &str = env!("EDGE_CACHE_BENCH_FLOOR");
+
+/// The component of the `hosts` workloads (built by `build.rs`).
+const HELLO_COMPONENT: &str = env!("EDGE_CACHE_BENCH_HELLO");
+
+/// The `wasmtime serve` the harness is ranked against: the release whose
+/// runtime the harness embeds.
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Requests the harness serves with one instance by default
+/// (`edge-cache serve --instance-reuse`); `hosts-reuse` gives `wasmtime
+/// serve` the same.
+const HARNESS_INSTANCE_REUSE: u32 = 100;
 
 /// Ids per wrk thread on the miss path; a run must not need more.
 const MISS_IDS_PER_THREAD: u64 = 200_000;
@@ -89,12 +121,22 @@ impl Workload {
             Self::LimiterBoxed => "limiter-boxed",
             Self::Miss => "miss",
             Self::Floor => "floor",
+            Self::Hosts => "hosts",
+            Self::HostsReuse => "hosts-reuse",
         }
+    }
+
+    /// Whether the harness is measured against `wasmtime serve` (both serving
+    /// `bench/hello`) rather than against the native service.
+    fn ranks_hosts(self) -> bool {
+        matches!(self, Self::Hosts | Self::HostsReuse)
     }
 
     fn paths(self) -> Paths {
         match self {
-            Self::Hit | Self::Limiter | Self::LimiterBoxed | Self::Floor => Paths::Fixed("/profiles/alice"),
+            Self::Hit | Self::Limiter | Self::LimiterBoxed | Self::Floor | Self::Hosts | Self::HostsReuse => {
+                Paths::Fixed("/profiles/alice")
+            }
             Self::Miss => Paths::Distinct {
                 prefix: "/profiles/u",
                 per_thread: MISS_IDS_PER_THREAD,
@@ -106,7 +148,7 @@ impl Workload {
     fn rate_limit(self) -> u32 {
         match self {
             Self::Limiter | Self::LimiterBoxed => 1,
-            Self::Hit | Self::Miss | Self::Floor => 1_000_000_000,
+            Self::Hit | Self::Miss | Self::Floor | Self::Hosts | Self::HostsReuse => 1_000_000_000,
         }
     }
 
@@ -116,6 +158,7 @@ impl Workload {
             Self::Hit | Self::Floor => (200, Some("hit")),
             Self::Limiter | Self::LimiterBoxed => (429, None),
             Self::Miss => (200, Some("miss")),
+            Self::Hosts | Self::HostsReuse => (200, None),
         }
     }
 
@@ -137,13 +180,17 @@ struct Setup {
     origin_latency_ms: u64,
     harness: PathBuf,
     native: PathBuf,
+    /// `wasmtime` for the `hosts` workloads; found when one is asked for.
+    wasmtime: Option<PathBuf>,
     ticks: u64,
     scripts: PathBuf,
 }
 
+/// The harness, and what it is measured against: the native service, or
+/// `wasmtime serve` for the `hosts` workloads.
 struct Services {
     harness: Service,
-    native: Service,
+    baseline: Service,
 }
 
 impl Setup {
@@ -163,8 +210,10 @@ impl Setup {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut args = vec!["serve".to_owned()];
         args.extend(common(address));
-        if workload == Workload::Floor {
-            args.push(format!("--component={FLOOR_COMPONENT}"));
+        match workload {
+            Workload::Floor => args.push(format!("--component={FLOOR_COMPONENT}")),
+            Workload::Hosts | Workload::HostsReuse => args.push(format!("--component={HELLO_COMPONENT}")),
+            Workload::Hit | Workload::Limiter | Workload::LimiterBoxed | Workload::Miss => {}
         }
         if workload == Workload::Limiter {
             // Comparable with the figures from before the penalty box.
@@ -173,8 +222,18 @@ impl Setup {
         args.extend(self.harness_args.iter().cloned());
         let harness = Service::start("harness", &self.harness, &args, &env, address)?;
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let native = Service::start("native", &self.native, &common(address), &env, address)?;
-        Ok(Services { harness, native })
+        let baseline = if workload.ranks_hosts() {
+            let wasmtime = self.wasmtime.as_ref().context("no wasmtime CLI was looked for")?;
+            let mut args = vec!["serve".to_owned(), format!("--addr={address}")];
+            if workload == Workload::HostsReuse {
+                args.push(format!("--max-instance-reuse-count={HARNESS_INSTANCE_REUSE}"));
+            }
+            args.push(HELLO_COMPONENT.to_owned());
+            Service::start("wasmtime", wasmtime, &args, &env, address)?
+        } else {
+            Service::start("native", &self.native, &common(address), &env, address)?
+        };
+        Ok(Services { harness, baseline })
     }
 
     /// Empties Redis and brings it to the workload's starting state.
@@ -185,7 +244,7 @@ impl Setup {
             Workload::Hit | Workload::Limiter | Workload::LimiterBoxed | Workload::Floor => {
                 http::Client::connect(service.address)?.get("/profiles/alice")?;
             }
-            Workload::Miss => {}
+            Workload::Miss | Workload::Hosts | Workload::HostsReuse => {}
         }
         Ok(())
     }
@@ -389,6 +448,10 @@ fn main() -> anyhow::Result<()> {
         origin_latency_ms: options.origin_latency_ms,
         harness: bin_dir.join("edge-cache"),
         native: bin_dir.join("edge-cache-native"),
+        wasmtime: match options.workloads.iter().any(|w| w.ranks_hosts()) {
+            true => Some(find_wasmtime(options.wasmtime.as_deref())?),
+            false => None,
+        },
         ticks: ticks_per_second(),
         scripts: scratch.path.clone(),
     };
@@ -406,19 +469,21 @@ fn main() -> anyhow::Result<()> {
     let mut targets = Vec::new();
     let mut floor = Vec::new();
     let mut round_trips = Vec::new();
+    let mut ranking = Vec::new();
     for &workload in &options.workloads {
         let services = setup.start(workload)?;
         let name = workload.name();
         println!("\n== {name}: {}", workload_doc(workload));
 
+        let baseline_name = services.baseline.name;
         let harness_sample = setup.sample(workload, &services.harness)?;
-        let native_sample = setup.sample(workload, &services.native)?;
+        let baseline_sample = setup.sample(workload, &services.baseline)?;
         check(workload, "harness", &harness_sample)?;
-        if harness_sample.normalized() != native_sample.normalized() {
+        if harness_sample.normalized() != baseline_sample.normalized() {
             bail!(
-                "the two services answer {name} differently:\nharness: {:#?}\nnative:  {:#?}",
+                "the two services answer {name} differently:\nharness: {:#?}\n{baseline_name}: {:#?}",
                 harness_sample.normalized(),
-                native_sample.normalized()
+                baseline_sample.normalized()
             );
         }
         println!(
@@ -426,56 +491,74 @@ fn main() -> anyhow::Result<()> {
             harness_sample.status, harness_sample.body
         );
 
-        for service in [&services.harness, &services.native] {
-            let commands = setup.commands_per_request(workload, service, 200)?;
-            // Folded from +0.0: an empty f64 sum is -0.0, printed "-0.00".
-            let total = commands.iter().fold(0.0, |total, (_, calls)| total + calls);
-            let listed: Vec<String> = commands
-                .iter()
-                .map(|(command, calls)| format!("{command} {calls:.2}"))
-                .collect();
-            println!(
-                "redis round trips per request, {:>7}: {total:.2} ({})",
-                service.name,
-                listed.join(", ")
-            );
-            if service.name == "harness" {
-                round_trips.push((workload, commands));
+        if !workload.ranks_hosts() {
+            for service in [&services.harness, &services.baseline] {
+                let commands = setup.commands_per_request(workload, service, 200)?;
+                // Folded from +0.0: an empty f64 sum is -0.0, printed "-0.00".
+                let total = commands.iter().fold(0.0, |total, (_, calls)| total + calls);
+                let listed: Vec<String> = commands
+                    .iter()
+                    .map(|(command, calls)| format!("{command} {calls:.2}"))
+                    .collect();
+                println!(
+                    "redis round trips per request, {:>7}: {total:.2} ({})",
+                    service.name,
+                    listed.join(", ")
+                );
+                if service.name == "harness" {
+                    round_trips.push((workload, commands));
+                }
             }
         }
 
-        for service in [&services.harness, &services.native] {
+        for service in [&services.harness, &services.baseline] {
             setup.measure(workload, service, 32, warmup)?;
         }
         for &connections in &options.connections {
             let mut ratios = Vec::new();
             for round in 0..rounds {
                 let order = if round % 2 == 0 {
-                    [&services.harness, &services.native]
+                    [&services.harness, &services.baseline]
                 } else {
-                    [&services.native, &services.harness]
+                    [&services.baseline, &services.harness]
                 };
                 let mut measured = Vec::new();
                 for service in order {
                     measured.push((service.name, setup.measure(workload, service, connections, duration)?));
                 }
                 let of = |who: &str| measured.iter().find(|(name, _)| *name == who).expect("both ran").1;
-                let (harness, native) = (of("harness"), of("native"));
-                let round_ratios = Ratios::of(&harness, &native);
+                let (harness, baseline) = (of("harness"), of(baseline_name));
+                let round_ratios = Ratios::of(&harness, &baseline);
                 println!(
-                    "{name:>7} c={connections:<2} round {}/{rounds}  harness {}\n{:>26}native  {}\n{:>26}ratio   {}",
+                    "{name:>7} c={connections:<2} round {}/{rounds}  harness  {}\n{:>26}{baseline_name:<8} {}\n{:>26}ratio    {}",
                     round + 1,
                     harness.describe(),
                     "",
-                    native.describe(),
+                    baseline.describe(),
                     "",
                     round_ratios.describe()
                 );
                 ratios.push(round_ratios);
             }
             let median = Ratios::median(&ratios);
-            println!("{name:>7} c={connections:<2} median ratio  {}", median.describe());
-            if workload == Workload::Floor {
+            println!(
+                "{name:>7} c={connections:<2} median ratio (harness ÷ {baseline_name})  {}",
+                median.describe()
+            );
+            if workload.ranks_hosts() {
+                ranking.push(format!(
+                    "{name} c={connections}: harness ÷ wasmtime serve req/s {:.3}, cpu/request {:.3}, p50 {:+.1} µs",
+                    median.throughput, median.cpu, median.p50_extra_us
+                ));
+                targets.push(Target {
+                    what: format!(
+                        "{name} c={connections}: req/s ratio {:.3} ≥ 1.00 at cpu/request ratio {:.3} ≤ 1.00 (vs wasmtime serve)",
+                        median.throughput, median.cpu
+                    ),
+                    met: median.throughput >= 1.0 && median.cpu <= 1.0,
+                    structural: false,
+                });
+            } else if workload == Workload::Floor {
                 floor.push(format!(
                     "floor c={connections}: req/s ratio {:.3}, cpu/request ratio {:.3}, p50 {:+.1} µs over native",
                     median.throughput, median.cpu, median.p50_extra_us
@@ -534,7 +617,7 @@ fn main() -> anyhow::Result<()> {
                 met: total == 2.0 && calls("get") == 1.0 && calls("evalsha") == 1.0,
                 structural: true,
             }),
-            Workload::Miss | Workload::Floor => {}
+            Workload::Miss | Workload::Floor | Workload::Hosts | Workload::HostsReuse => {}
         }
     }
     println!("\n== targets (medians of the rounds above)");
@@ -547,6 +630,15 @@ fn main() -> anyhow::Result<()> {
              (bench/floor, the hit path's host calls alone)"
         );
         for line in &floor {
+            println!("{line}");
+        }
+    }
+    if !ranking.is_empty() {
+        println!(
+            "\n== the harness ranked against wasmtime serve {WASMTIME_VERSION} (bench/hello: fixed bytes, \
+             no imports beyond WASI)"
+        );
+        for line in &ranking {
             println!("{line}");
         }
     }
@@ -575,7 +667,43 @@ fn workload_doc(workload: Workload) -> &'static str {
         Workload::Floor => {
             "GET /profiles/alice served by bench/floor: the hit path's host calls and a fixed answer, no logic"
         }
+        Workload::Hosts => {
+            "bench/hello served by the harness and by `wasmtime serve` (defaults: a fresh instance per request)"
+        }
+        Workload::HostsReuse => {
+            "bench/hello served by the harness and by `wasmtime serve --max-instance-reuse-count 100` (as the harness)"
+        }
     }
+}
+
+/// The `wasmtime` CLI to rank the harness against: `explicit`, else the one
+/// `scripts/setup --bench` installed, else `wasmtime` on `PATH`; it must be
+/// [`WASMTIME_VERSION`], so that both hosts run the same runtime.
+fn find_wasmtime(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let installed = std::env::var_os("HOME").map(|home| {
+        PathBuf::from(home).join(format!(
+            ".cache/edge-cache/wasmtime-cli-{WASMTIME_VERSION}/bin/wasmtime"
+        ))
+    });
+    let candidate = match (explicit, installed) {
+        (Some(path), _) => path.to_owned(),
+        (None, Some(path)) if path.is_file() => path,
+        (None, _) => PathBuf::from("wasmtime"),
+    };
+    let hint = "install it with `scripts/setup --bench` (a cached `cargo install`, about 15 minutes the first time), \
+                or leave the hosts workloads out with `--workloads hit,limiter,miss,floor`";
+    let output = std::process::Command::new(&candidate)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {} for the hosts workloads: {hint}", candidate.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        version.split_whitespace().nth(1) == Some(WASMTIME_VERSION),
+        "{} is {:?}, not wasmtime {WASMTIME_VERSION}: {hint}",
+        candidate.display(),
+        version.trim()
+    );
+    Ok(candidate)
 }
 
 /// Profiles `u1`, `u2`, … for the miss path (two wrk threads' worth).
