@@ -259,9 +259,13 @@ fn denial_from_box(held: &Held, policy: &Policy, cost: u32, now_ms: u64) -> Opti
     let window_ms = policy.window_ms();
     let limit = i64::from(policy.limit);
     let cost_units = i64::from(cost);
+    // The note comes back from the host, which may have mangled it: counts
+    // the cache could not hold (a counter never passes a u32 limit) are
+    // refused, so that no arithmetic below can overflow.
+    let plausible = |count: i64| (0..=i64::from(u32::MAX)).contains(&count);
     match (Snapshot::decode(&held.note)?, policy.algorithm) {
         (Snapshot::Fixed { window, count }, Algorithm::FixedWindow) => {
-            let denied = now_ms / window_ms == window && count + cost_units > limit;
+            let denied = plausible(count) && now_ms / window_ms == window && count + cost_units > limit;
             denied.then(|| fixed_decision(policy, false, count, now_ms))
         }
         (
@@ -274,9 +278,12 @@ fn denial_from_box(held: &Held, policy: &Policy, cost: u32, now_ms: u64) -> Opti
         ) => {
             // In the next window, this one's count is the previous one's, at
             // least as large as seen; the new window's count is at least 0.
+            if !plausible(previous) || !plausible(current) {
+                return None;
+            }
             let (previous, current) = match now_ms / window_ms {
                 now if now == window => (previous, current),
-                now if now == window + 1 => (current, 0),
+                now if Some(now) == window.checked_add(1) => (current, 0),
                 _ => return None,
             };
             let elapsed = now_ms % window_ms;
@@ -678,7 +685,7 @@ fn gcra_denial(policy: &Policy, cost: u32, tat_us: u64, now_ms: u64) -> Option<D
     let capacity = u64::from(policy.capacity()) * emission;
     let now = now_ms * 1000;
     let tat = tat_us.max(now);
-    let allow_at = (tat + u64::from(cost) * emission).saturating_sub(capacity);
+    let allow_at = tat.saturating_add(u64::from(cost) * emission).saturating_sub(capacity);
     (now < allow_at).then(|| Decision {
         allowed: false,
         limit: policy.limit,
@@ -1239,7 +1246,7 @@ mod tests {
             let fixed = policy(Algorithm::FixedWindow, 3, 10);
             let penalty_box = MemoryBox::default();
             let key = box_key("k", &fixed);
-            let garbage: [&[u8]; 4] = [
+            let garbage: [&[u8]; 6] = [
                 b"",
                 &[1, 2, 3],
                 &Snapshot::Gcra { tat_us: u64::MAX }.encode(),
@@ -1249,11 +1256,47 @@ mod tests {
                     count: 3,
                 }
                 .encode(),
+                // Counts no counter can reach.
+                &Snapshot::Fixed {
+                    window: T0 / 10_000,
+                    count: i64::MAX,
+                }
+                .encode(),
+                &Snapshot::Fixed {
+                    window: T0 / 10_000,
+                    count: -1,
+                }
+                .encode(),
             ];
             for note in garbage {
                 let cache = MemoryCache::default();
                 penalty_box.hold(&key, 0, T0 + 10_000, note);
                 assert!(check(&cache, &penalty_box, "k", &fixed, 1, T0).unwrap().allowed);
+            }
+        }
+
+        #[test]
+        fn a_mangled_entry_never_traps() {
+            let penalty_box = MemoryBox::default();
+            let extremes = [
+                Snapshot::Sliding {
+                    window: u64::MAX,
+                    previous: i64::MAX,
+                    current: i64::MIN,
+                },
+                Snapshot::Sliding {
+                    window: T0 / 10_000,
+                    previous: i64::MAX,
+                    current: i64::MAX,
+                },
+                Snapshot::Gcra { tat_us: u64::MAX },
+            ];
+            for policy in all_algorithms() {
+                for snapshot in extremes {
+                    let cache = MemoryCache::default();
+                    penalty_box.hold(&box_key("k", &policy), 0, T0 + 10_000, &snapshot.encode());
+                    check(&cache, &penalty_box, "k", &policy, 3, T0).unwrap();
+                }
             }
         }
 
