@@ -6,6 +6,8 @@ fn main() {
     let misbehaving =
         edge_cache_build_support::build_component(workspace, "misbehaving-guest", &["tests/guests/misbehaving"]);
     println!("cargo:rustc-env=MISBEHAVING_GUEST={}", misbehaving.display());
+    let keyvalue = edge_cache_build_support::build_component(workspace, "keyvalue-guest", &["tests/guests/keyvalue"]);
+    println!("cargo:rustc-env=KEYVALUE_GUEST={}", keyvalue.display());
     let gateway = edge_cache_build_support::build_component(workspace, "gateway", &["examples/gateway"]);
     println!("cargo:rustc-env=GATEWAY_COMPONENT={}", gateway.display());
 }

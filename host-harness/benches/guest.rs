@@ -3,7 +3,7 @@
 //!
 //! - `instantiate_drop`: one `Harness::instantiate` (the fresh store and
 //!   instance each request gets), then dropping both. Target: ≤ 10 µs.
-//! - `native_get`: `Cache::get` called by the host itself, on the counter
+//! - `native_get`: `Keyspace::get` called by the host itself, on the counter
 //!   the guest's `peek` reads: the cost of the operation without the guest.
 //! - `guest_peek_one_get`: the `edge:cache/rate-limit` `peek` export with a
 //!   fixed-window policy, on one long-lived instance: one `cache.get` host

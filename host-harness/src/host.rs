@@ -1,12 +1,12 @@
 //! The store state of one instance and the host side of `edge:cache/cache`,
 //! `edge:cache/origin`, `edge:cache/telemetry` and `edge:cache/penalty-box`.
 
-use crate::backend::{CacheError, CasOutcome, Ttl};
 use crate::bindings::{cache, origin, penalty_box, telemetry};
-use crate::cache::Cache;
+use crate::keyspace::Keyspace;
 use crate::metrics::DecisionCounters;
 use crate::origin::{Origin, OriginError};
 use crate::penalty_box::PenaltyBox;
+use crate::store::{CasOutcome, StoreError, Ttl};
 use hyper::header::HeaderName;
 use std::sync::Arc;
 use wasmtime::StoreLimits;
@@ -20,7 +20,7 @@ use wasmtime_wasi_http::{
 /// every store.
 #[derive(Clone)]
 pub struct EdgeCtx {
-    pub cache: Cache,
+    pub cache: Keyspace,
     pub origin: Origin,
     /// Rate limit decisions, counted as the function reports them.
     pub decisions: DecisionCounters,
@@ -92,16 +92,19 @@ impl WasiHttpView for EdgeState {
     }
 }
 
-impl From<CacheError> for cache::Error {
-    fn from(error: CacheError) -> Self {
+impl From<StoreError> for cache::Error {
+    fn from(error: StoreError) -> Self {
         match error {
-            CacheError::Unavailable(why) => Self::Unavailable(why),
-            CacheError::Timeout(_) => Self::Timeout,
-            CacheError::InvalidKey(why) => Self::InvalidKey(why),
-            CacheError::ValueTooLarge { limit } => Self::ValueTooLarge(limit),
-            CacheError::WrongType => Self::WrongType,
-            CacheError::InvalidArgument(why) => Self::InvalidArgument(why),
-            CacheError::Other(why) => Self::Other(why),
+            StoreError::Unavailable(why) => Self::Unavailable(why),
+            // The contract has no variant of its own for it, and the
+            // component acts on it as on an outage: it serves without cache.
+            StoreError::AccessDenied(why) => Self::Unavailable(format!("permission denied: {why}")),
+            StoreError::Timeout(_) => Self::Timeout,
+            StoreError::InvalidKey(why) => Self::InvalidKey(why),
+            StoreError::ValueTooLarge { limit } => Self::ValueTooLarge(limit),
+            StoreError::WrongType => Self::WrongType,
+            StoreError::InvalidArgument(why) => Self::InvalidArgument(why),
+            StoreError::Other(why) => Self::Other(why),
         }
     }
 }

@@ -3,22 +3,31 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_cache_guest::config as guest;
-use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
-use edge_cache_harness::cache::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::caller::{ApiKeys, TrustedProxies, digest_hex, parse_network};
 use edge_cache_harness::compose;
 use edge_cache_harness::engine::{DEFAULT_INSTANCE_REUSE, GuestLimits};
+use edge_cache_harness::keyspace::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::listener::{self, ConnectionLimits};
 use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::overload::QueueLimits;
 use edge_cache_harness::penalty_box;
-use edge_cache_harness::{BackendConfig, BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig};
+use edge_cache_harness::store::near::NearCacheConfig;
+use edge_cache_harness::store::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
+use edge_cache_harness::{BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig, StoreConfig};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+
+// A request allocates and frees a few hundred small blocks (headers, wasi:http
+// resources, Redis replies); glibc's malloc spent about a sixth of a
+// request's instructions on them, mimalloc's per-thread free lists a
+// fraction of that (BENCHMARKS.md). It gives freed memory back on its own,
+// after a short delay, so memory after a burst still returns.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -128,6 +137,13 @@ struct ServeArgs {
     /// Longest wait between two reconnection attempts, in milliseconds.
     #[arg(long, env = "REDIS_MAX_RECONNECT_DELAY_MS", default_value_t = 2000)]
     redis_max_reconnect_delay_ms: u64,
+
+    /// Keep recently read values in the harness too, up to this size (e.g.
+    /// 16MB), coherent with Redis through its client-side caching (CLIENT
+    /// TRACKING): a write by any client invalidates. Needs --redis-url (not
+    /// a cluster). Off by default.
+    #[arg(long, env = "EDGE_CACHE_NEAR_CACHE", value_parser = parse_size)]
+    near_cache: Option<u64>,
 
     /// The largest value a guest may store, e.g. 1MB.
     #[arg(long, env = "EDGE_CACHE_MAX_VALUE_SIZE", default_value = "1MB", value_parser = parse_size)]
@@ -332,7 +348,7 @@ impl ServeArgs {
         env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
     }
 
-    fn backend_config(&self) -> BackendConfig {
+    fn store_config(&self) -> StoreConfig {
         let connect_timeout = Duration::from_millis(self.redis_connect_timeout_ms);
         let command_timeout = Duration::from_millis(self.redis_command_timeout_ms);
         let tls = TlsFiles {
@@ -341,7 +357,7 @@ impl ServeArgs {
             client_key_file: self.redis_client_key.clone(),
         };
         if !self.redis_cluster_urls.is_empty() {
-            return BackendConfig::RedisCluster(RedisClusterConfig {
+            return StoreConfig::RedisCluster(RedisClusterConfig {
                 connect_timeout,
                 command_timeout,
                 tls,
@@ -350,7 +366,7 @@ impl ServeArgs {
             });
         }
         match &self.redis_url {
-            Some(url) => BackendConfig::Redis(RedisConfig {
+            Some(url) => StoreConfig::Redis(RedisConfig {
                 db: self.redis_db,
                 connect_timeout,
                 command_timeout,
@@ -358,15 +374,21 @@ impl ServeArgs {
                 max_reconnect_delay: Duration::from_millis(self.redis_max_reconnect_delay_ms),
                 tls,
                 required: self.require_redis,
+                near_cache: self.near_cache.map(NearCacheConfig::new),
                 ..RedisConfig::new(url.clone())
             }),
-            None => BackendConfig::Memory {
+            None => StoreConfig::Memory {
                 max_memory: self.max_memory,
             },
         }
     }
 
     fn harness_config(&self) -> anyhow::Result<HarnessConfig> {
+        check_near_cache(
+            self.near_cache,
+            self.redis_url.is_some(),
+            !self.redis_cluster_urls.is_empty(),
+        )?;
         let mut api_keys = ApiKeys::from_digests(self.api_key_digests.iter().map(String::as_str))
             .context("invalid --api-key-sha256")?;
         if let Some(path) = &self.api_keys_file {
@@ -391,7 +413,7 @@ impl ServeArgs {
         }
         Ok(HarnessConfig {
             component: self.component.clone(),
-            backend: self.backend_config(),
+            store: self.store_config(),
             namespace: self.namespace.clone(),
             limits: Limits {
                 max_value_bytes: usize::try_from(self.max_value_size).unwrap_or(usize::MAX),
@@ -433,6 +455,18 @@ impl ServeArgs {
     }
 }
 
+/// A near cache tracks one Redis server: it has nothing to add to the
+/// embedded store, and tracking a Cluster (a connection per node, across
+/// slot migrations) is not done yet.
+fn check_near_cache(near_cache: Option<u64>, redis_url: bool, cluster: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        near_cache.is_none() || (redis_url && !cluster),
+        "--near-cache needs a single Redis server (--redis-url): it keeps no near cache of the embedded store, \
+         and a Redis Cluster is not supported yet"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
@@ -467,13 +501,20 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let config = args.harness_config()?;
-    let store = match &config.backend {
-        BackendConfig::Redis(redis) => format!("Redis at {}", redact_url(&redis.url)),
-        BackendConfig::RedisCluster(cluster) => {
+    let store = match &config.store {
+        StoreConfig::Redis(redis) => match redis.near_cache {
+            Some(near) => format!(
+                "Redis at {} and a near cache of at most {} KiB",
+                redact_url(&redis.url),
+                near.max_bytes / 1024
+            ),
+            None => format!("Redis at {}", redact_url(&redis.url)),
+        },
+        StoreConfig::RedisCluster(cluster) => {
             let nodes: Vec<String> = cluster.urls.iter().map(|url| redact_url(url)).collect();
             format!("the Redis Cluster at {}", nodes.join(","))
         }
-        BackendConfig::Memory { max_memory } => format!("the embedded cache (at most {} KiB)", max_memory / 1024),
+        StoreConfig::Memory { max_memory } => format!("the embedded cache (at most {} KiB)", max_memory / 1024),
     };
     let harness = Harness::start(&config).await.context("edge-cache could not start")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -536,7 +577,7 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, parse_size};
+    use super::{Cli, check_near_cache, parse_size};
     use clap::CommandFactory;
 
     #[test]
@@ -551,6 +592,15 @@ mod tests {
         let help = serve.render_long_help().to_string();
         assert!(help.contains("REDIS_URL") && help.contains("--require-redis"), "{help}");
         assert!(!help.contains("hunter2") && !help.contains("hunter3"), "{help}");
+    }
+
+    #[test]
+    fn a_near_cache_needs_a_single_redis_server() {
+        let refused = |near, redis_url, cluster| check_near_cache(near, redis_url, cluster).is_err();
+        assert!(refused(Some(16 << 20), false, false), "the embedded store");
+        assert!(refused(Some(16 << 20), false, true), "a cluster");
+        assert!(!refused(Some(16 << 20), true, false));
+        assert!(!refused(None, false, true));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Prometheus metrics (OpenMetrics text), served on the admin listener.
 
-use crate::backend::breaker::BreakerGauges;
 use crate::listener::ConnectionMetrics;
+use crate::store::Store;
+use crate::store::breaker::BreakerGauges;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -83,7 +84,7 @@ pub struct PenaltyBoxCounters {
 }
 
 /// The cache operations, as `/metrics` labels them.
-pub const OPERATIONS: [&str; 11] = [
+pub const OPERATIONS: [&str; 14] = [
     "get",
     "get-many",
     "set",
@@ -95,11 +96,15 @@ pub const OPERATIONS: [&str; 11] = [
     "incr-by-bounded",
     "compare-and-swap",
     "compare-and-delete",
+    // wasi:keyvalue's own.
+    "incr",
+    "set-many",
+    "list-keys",
 ];
 
-/// What the cache facade measures: every store operation's latency and
-/// errors (for the Redis backend these are Redis round trips), and the
-/// backend's circuit breakers.
+/// What the keyspace measures: every store operation's latency and
+/// errors (for Redis these are Redis round trips), the store's circuit
+/// breakers, and whatever the store measures itself.
 #[derive(Clone)]
 pub struct StoreMetrics {
     pub latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
@@ -108,6 +113,8 @@ pub struct StoreMetrics {
     latency_by_op: Arc<[OnceLock<Histogram>; OPERATIONS.len()]>,
     pub errors: Family<ErrorLabels, Counter>,
     pub breakers: BreakerGauges,
+    /// The store, to register its own metrics.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Default for StoreMetrics {
@@ -123,6 +130,15 @@ impl StoreMetrics {
             latency_by_op: Arc::default(),
             errors: Family::default(),
             breakers,
+            store: None,
+        }
+    }
+
+    /// The metrics of operations on `store`, its breakers and its own.
+    pub fn of(store: Arc<dyn Store>) -> Self {
+        Self {
+            store: Some(store.clone()),
+            ..Self::new(store.breaker_gauges())
         }
     }
 
@@ -269,6 +285,9 @@ impl Metrics {
             "Cache store errors by operation and kind",
             store.errors.clone(),
         );
+        if let Some(own) = &store.store {
+            own.register_metrics(&mut registry);
+        }
         let lookup = |result| metrics.cache_lookups.get_or_create(&ResultLabels { result }).clone();
         let lookup_counters = [lookup("hit"), lookup("stale"), lookup("miss"), lookup("bypass")];
         Self {

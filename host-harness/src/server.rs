@@ -2,19 +2,20 @@
 //! instance serves one request at a time, and up to `--instance-reuse`
 //! requests in all before it is dropped.
 
-use crate::backend::Backend;
-use crate::backend::memory::{DEFAULT_MAX_MEMORY, MemoryBackend};
-use crate::backend::redis::{ConnectError, RedisBackend, RedisClusterConfig, RedisConfig};
 use crate::bindings::{EdgeFunction, EdgeFunctionPre};
-use crate::cache::{Cache, DEFAULT_NAMESPACE, InvalidNamespace, Limits};
 use crate::caller::{ApiKeys, TrustedProxies};
 use crate::engine::{GuestLimits, new_engine, set_deadline};
 use crate::host::{self, EdgeCtx, EdgeState, HttpHooks};
+use crate::keyspace::{DEFAULT_NAMESPACE, InvalidNamespace, Keyspace, Limits};
+use crate::keyvalue::{self, KeyValue};
 use crate::listener::{self, ConnectionLimits, Connections};
 use crate::metrics::{DecisionCounters, Metrics};
 use crate::origin::{Origin, OriginConfig, OriginError};
 use crate::overload::{Admission, BodyBudget, InstancePermit, QueueLimits, Summary};
 use crate::penalty_box::{DEFAULT_MAX_ENTRIES as DEFAULT_PENALTY_BOX_ENTRIES, PenaltyBox};
+use crate::store::memory::{DEFAULT_MAX_MEMORY, MemoryStore};
+use crate::store::near::NearCache;
+use crate::store::redis::{ConnectError, RedisClusterConfig, RedisConfig, RedisStore};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -50,7 +51,7 @@ pub use edge_cache_guest::http::CLIENT_IP_HEADER;
 
 /// Where the cache keeps its data.
 #[derive(Debug, Clone)]
-pub enum BackendConfig {
+pub enum StoreConfig {
     /// The embedded in-memory store, bounded to `max_memory` bytes.
     Memory { max_memory: u64 },
     /// A Redis server.
@@ -59,7 +60,7 @@ pub enum BackendConfig {
     RedisCluster(RedisClusterConfig),
 }
 
-impl Default for BackendConfig {
+impl Default for StoreConfig {
     fn default() -> Self {
         Self::Memory {
             max_memory: DEFAULT_MAX_MEMORY,
@@ -67,13 +68,16 @@ impl Default for BackendConfig {
     }
 }
 
-impl BackendConfig {
+impl StoreConfig {
     /// Opens the store: for Redis, connects and checks with a `PING`.
-    pub async fn connect(&self) -> Result<Backend, StartupError> {
+    pub async fn connect(&self) -> Result<Arc<dyn crate::store::Store>, StartupError> {
         Ok(match self {
-            Self::Memory { max_memory } => Backend::Memory(MemoryBackend::new(*max_memory)),
-            Self::Redis(config) => Backend::Redis(RedisBackend::connect(config).await?),
-            Self::RedisCluster(config) => Backend::Redis(RedisBackend::connect_cluster(config).await?),
+            Self::Memory { max_memory } => Arc::new(MemoryStore::new(*max_memory)),
+            Self::Redis(config) => match config.near_cache {
+                Some(near) => Arc::new(NearCache::connect(config, near).await?),
+                None => Arc::new(RedisStore::connect(config).await?),
+            },
+            Self::RedisCluster(config) => Arc::new(RedisStore::connect_cluster(config).await?),
         })
     }
 }
@@ -82,7 +86,7 @@ impl BackendConfig {
 pub struct HarnessConfig {
     /// The edge function component (`.wasm`); the embedded one when `None`.
     pub component: Option<PathBuf>,
-    pub backend: BackendConfig,
+    pub store: StoreConfig,
     /// The cache namespace of this function.
     pub namespace: String,
     pub limits: Limits,
@@ -134,7 +138,7 @@ impl Default for HarnessConfig {
     fn default() -> Self {
         Self {
             component: None,
-            backend: BackendConfig::default(),
+            store: StoreConfig::default(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             limits: Limits::default(),
             origin: OriginConfig::default(),
@@ -258,8 +262,8 @@ impl Harness {
                 .map(|(_, value)| value.clone())
         })
         .map_err(StartupError::GuestConfig)?;
-        let backend = config.backend.connect().await?;
-        let cache = Cache::new(backend, &config.namespace, config.limits)?;
+        let store = config.store.connect().await?;
+        let cache = Keyspace::new(store, &config.namespace, config.limits)?;
         let origin = Origin::open(&config.origin)?;
         let engine_error = |e: wasmtime::Error| StartupError::Engine(format!("{e:#}"));
 
@@ -273,6 +277,10 @@ impl Harness {
         )
         .map_err(engine_error)?;
         host::add_to_linker(&mut linker, |state| &mut state.edge).map_err(engine_error)?;
+        // Components written for the standard interface (Spin, wasmCloud)
+        // reach the same cache; a component imports either, both or neither.
+        keyvalue::add_to_linker(&mut linker, |state| KeyValue::new(&state.edge.cache, &mut state.table))
+            .map_err(engine_error)?;
         let mismatch = |e: wasmtime::Error| StartupError::ComponentMismatch(format!("{e:#}"));
         let instance_pre = linker.instantiate_pre(component).map_err(mismatch)?;
         // Any component serving `wasi:http/incoming-handler` can be served
@@ -320,7 +328,7 @@ impl Harness {
         &self.connections
     }
 
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Keyspace {
         &self.edge.cache
     }
 
@@ -685,7 +693,7 @@ impl Harness {
                     "/readyz" if harness.draining() => {
                         problem(503, "not-ready", "Not ready", "draining connections for a shutdown")
                     }
-                    "/readyz" => match harness.cache().backend().readiness() {
+                    "/readyz" => match harness.cache().store().readiness() {
                         Ok(note) => hyper::Response::new(full_body(format!("ready: {note}\n"))),
                         Err(reason) => problem(503, "not-ready", "Not ready", &reason),
                     },

@@ -3,15 +3,15 @@
 //! primary killed mid-run.
 
 use edge_cache_harness::HarnessConfig;
-use edge_cache_harness::cache::{Cache, Limits};
+use edge_cache_harness::keyspace::{Keyspace, Limits};
 use edge_cache_tests::{RedisCluster, Served, config, within_one_window};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_contract_holds_on_a_cluster() {
     let cluster = RedisCluster::start(3, 0);
-    let backend = cluster.backend().connect().await.expect("connect to the cluster");
-    let cache = Cache::new(backend, "cluster", Limits::default()).unwrap();
+    let store = cluster.store().connect().await.expect("connect to the cluster");
+    let cache = Keyspace::new(store, "cluster", Limits::default()).unwrap();
     // Keys in many slots, in one call each way: no CROSSSLOT reaches us.
     let keys: Vec<String> = (0..20).map(|n| format!("k{n}")).collect();
     for key in &keys {
@@ -42,7 +42,7 @@ async fn the_edge_function_runs_on_a_cluster_with_each_callers_keys_in_one_slot(
     let guest_env = vec![("RATE_LIMITS".to_owned(), "*/*=sliding-window:50/1h".to_owned())];
     let served = Served::start(HarnessConfig {
         guest_env,
-        ..config(cluster.backend())
+        ..config(cluster.store())
     })
     .await;
     within_one_window(3600, Duration::from_secs(30)).await;
@@ -107,9 +107,9 @@ async fn a_primary_dies_mid_run_and_service_resumes_after_failover() {
     )];
     let mut config = HarnessConfig {
         guest_env,
-        ..config(cluster.backend())
+        ..config(cluster.store())
     };
-    if let edge_cache_harness::BackendConfig::RedisCluster(cluster_config) = &mut config.backend {
+    if let edge_cache_harness::StoreConfig::RedisCluster(cluster_config) = &mut config.store {
         cluster_config.command_timeout = Duration::from_millis(500);
     }
     let served = Served::start(config).await;

@@ -197,3 +197,46 @@ fn shape(resolve: &Resolve, kind: &TypeDefKind) -> String {
         other => panic!("edge:cache interfaces use no {} types", other.as_str()),
     }
 }
+
+/// The names listed in the fenced block that follows `marker` in
+/// `wit/README.md`, one a line.
+fn listed_in_wit_readme(marker: &str) -> BTreeSet<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/README.md"))
+        .expect("wit/README.md is readable");
+    let after = readme
+        .split_once(marker)
+        .unwrap_or_else(|| panic!("wit/README.md has no {marker:?}"))
+        .1;
+    let block = after
+        .split("```")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fenced block after {marker:?}"));
+    block
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `wit/README.md` lists what the built components import; the lists are
+/// the decoded truth, not what the source suggests (a Rust program's
+/// standard library decides which WASI it pulls in).
+#[test]
+fn wit_readme_lists_exactly_what_the_built_components_import() {
+    for (marker, component) in [
+        ("The built edge function imports exactly:", BUILT_GUEST),
+        (
+            "The built wasi:keyvalue test app imports exactly:",
+            env!("KEYVALUE_GUEST"),
+        ),
+    ] {
+        let imports = WorldNames::of(&std::fs::read(component).expect("the component was built")).imports;
+        assert_eq!(
+            listed_in_wit_readme(marker),
+            imports,
+            "wit/README.md ({marker}) against {component}"
+        );
+    }
+}

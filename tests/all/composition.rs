@@ -39,7 +39,7 @@ fn the_composition_imports_only_the_cache_the_origin_telemetry_the_penalty_box_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_composed_gateway_serves_its_routes_on_redis() {
     let server = RedisServer::start();
-    let served = Served::start_component(config(server.backend()), &COMPOSED).await;
+    let served = Served::start_component(config(server.store()), &COMPOSED).await;
     let get = |key: &str, id: &str| {
         let mut request = served.client.get(served.url(&format!("/api/users/{id}")));
         if !key.is_empty() {

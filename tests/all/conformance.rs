@@ -1,17 +1,26 @@
-//! The cache contract (`wit/cache.wit`), run against every backend: a real
-//! redis-server, a real Redis Cluster and the embedded store. Anything one backend does that the
-//! other does not is a failure here.
+//! The cache contract (`wit/cache.wit`) and the host's `wasi:keyvalue`
+//! (`wit/deps/keyvalue`), run against every store: a real redis-server (with and
+//! without a near cache), a real Redis Cluster and the embedded store. Anything one store does
+//! that the other does not is a failure here.
 
-use edge_cache_harness::BackendConfig;
-use edge_cache_harness::backend::memory::MemoryBackend;
-use edge_cache_harness::backend::{Backend, CacheError, CasOutcome, Ttl};
-use edge_cache_harness::cache::{Cache, Limits};
+use edge_cache_harness::StoreConfig;
+use edge_cache_harness::keyspace::{Keyspace, Limits};
+use edge_cache_harness::keyvalue::atomics::Host as _;
+use edge_cache_harness::keyvalue::batch::Host as _;
+use edge_cache_harness::keyvalue::store::{self, Host as _, HostBucket as _};
+use edge_cache_harness::keyvalue::{Bucket, KeyValue, bucket_scope};
+use edge_cache_harness::store::memory::MemoryStore;
+use edge_cache_harness::store::near::NearCacheConfig;
+use edge_cache_harness::store::{CasOutcome, StoreError, Ttl};
 use edge_cache_tests::{RedisCluster, RedisServer};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{Resource, ResourceTable};
 
-/// One backend under test, and what keeps it alive.
+/// One store under test, and what keeps it alive.
 struct Subject {
-    cache: Cache,
+    cache: Keyspace,
     _server: Option<RedisServer>,
     _cluster: Option<RedisCluster>,
 }
@@ -19,18 +28,33 @@ struct Subject {
 impl Subject {
     async fn redis() -> Self {
         let server = RedisServer::start();
-        let backend = server.backend().connect().await.expect("connect to the test server");
+        let store = server.store().connect().await.expect("connect to the test server");
         Self {
-            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
+            _server: Some(server),
+            _cluster: None,
+        }
+    }
+
+    /// Redis with a near cache in front of its reads.
+    async fn near_cache() -> Self {
+        let server = RedisServer::start();
+        let store = server
+            .store_with_near_cache(NearCacheConfig::new(1 << 20))
+            .connect()
+            .await
+            .expect("connect to the test server");
+        Self {
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: Some(server),
             _cluster: None,
         }
     }
 
     fn memory() -> Self {
-        let backend = Backend::Memory(MemoryBackend::new(16 << 20));
+        let store = Arc::new(MemoryStore::new(16 << 20));
         Self {
-            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: None,
             _cluster: None,
         }
@@ -38,9 +62,9 @@ impl Subject {
 
     async fn cluster() -> Self {
         let cluster = RedisCluster::start(3, 0);
-        let backend = cluster.backend().connect().await.expect("connect to the test cluster");
+        let store = cluster.store().connect().await.expect("connect to the test cluster");
         Self {
-            cache: Cache::new(backend, "conformance", Limits::default()).unwrap(),
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: None,
             _cluster: Some(cluster),
         }
@@ -70,7 +94,7 @@ fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|name| name.to_string()).collect()
 }
 
-async fn get_set_delete(cache: &Cache) {
+async fn get_set_delete(cache: &Keyspace) {
     assert_eq!(cache.get("k").await.unwrap(), None);
     assert!(cache.set("k", b"\x00binary\xff", None, false).await.unwrap());
     assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"\x00binary\xff"[..]));
@@ -86,13 +110,13 @@ async fn get_set_delete(cache: &Cache) {
     assert_eq!(cache.ttl("k").await.unwrap(), Ttl::Missing);
 }
 
-async fn only_if_absent(cache: &Cache) {
+async fn only_if_absent(cache: &Keyspace) {
     assert!(cache.set("nx", b"first", Some(60), true).await.unwrap());
     assert!(!cache.set("nx", b"second", Some(60), true).await.unwrap());
     assert_eq!(cache.get("nx").await.unwrap().as_deref(), Some(&b"first"[..]));
 }
 
-async fn ttl_and_expiry(cache: &Cache) {
+async fn ttl_and_expiry(cache: &Keyspace) {
     cache.set("t", b"v", Some(100), false).await.unwrap();
     assert!(matches!(cache.ttl("t").await.unwrap(), Ttl::ExpiresIn(99..=100)));
     // A plain set without TTL makes the key persistent again, as in Redis.
@@ -107,7 +131,7 @@ async fn ttl_and_expiry(cache: &Cache) {
     assert_eq!(cache.ttl("t").await.unwrap(), Ttl::Missing);
 }
 
-async fn get_many(cache: &Cache) {
+async fn get_many(cache: &Keyspace) {
     cache.set("a", b"1", None, false).await.unwrap();
     cache.set("c", b"3", None, false).await.unwrap();
     let values = cache.get_many(&keys(&["a", "b", "c"])).await.unwrap();
@@ -115,7 +139,7 @@ async fn get_many(cache: &Cache) {
     assert_eq!(cache.get_many(&[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
 }
 
-async fn counters(cache: &Cache) {
+async fn counters(cache: &Keyspace) {
     assert_eq!(cache.incr_by("n", 5, 60).await.unwrap(), 5);
     assert_eq!(cache.incr_by("n", -2, 60).await.unwrap(), 3);
     assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(59..=60)));
@@ -130,7 +154,7 @@ async fn counters(cache: &Cache) {
     assert!(matches!(cache.ttl("n").await.unwrap(), Ttl::ExpiresIn(4..=5)));
     // Not a number.
     cache.set("text", b"abc", None, false).await.unwrap();
-    assert_eq!(cache.incr_by("text", 1, 60).await, Err(CacheError::WrongType));
+    assert_eq!(cache.incr_by("text", 1, 60).await, Err(StoreError::WrongType));
     assert_eq!(cache.get("text").await.unwrap().as_deref(), Some(&b"abc"[..]));
     // Overflow is refused and changes nothing.
     cache
@@ -139,12 +163,12 @@ async fn counters(cache: &Cache) {
         .unwrap();
     assert!(matches!(
         cache.incr_by("big", 1, 60).await,
-        Err(CacheError::InvalidArgument(_))
+        Err(StoreError::InvalidArgument(_))
     ));
     assert_eq!(cache.get("big").await.unwrap(), Some(i64::MAX.to_string().into_bytes()));
 }
 
-async fn bounded_counters(cache: &Cache) {
+async fn bounded_counters(cache: &Keyspace) {
     let first = cache.incr_by_bounded("b", 3, 60, 5).await.unwrap();
     assert_eq!((first.applied, first.value), (true, 3));
     assert!(matches!(cache.ttl("b").await.unwrap(), Ttl::ExpiresIn(59..=60)));
@@ -166,7 +190,7 @@ async fn bounded_counters(cache: &Cache) {
     cache.set("text", b"abc", None, false).await.unwrap();
     assert_eq!(
         cache.incr_by_bounded("text", 1, 60, 10).await,
-        Err(CacheError::WrongType)
+        Err(StoreError::WrongType)
     );
     cache.set("persistent", b"1", None, false).await.unwrap();
     cache.incr_by_bounded("persistent", 1, 30, 10).await.unwrap();
@@ -176,7 +200,7 @@ async fn bounded_counters(cache: &Cache) {
     ));
 }
 
-async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Cache) {
+async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Keyspace) {
     let tasks: Vec<_> = (0..60)
         .map(|_| {
             let cache = cache.clone();
@@ -191,7 +215,7 @@ async fn concurrent_bounded_counters_never_pass_the_bound(cache: &Cache) {
     assert_eq!(cache.get("race").await.unwrap().as_deref(), Some(&b"25"[..]));
 }
 
-async fn concurrent_counters_are_atomic(cache: &Cache) {
+async fn concurrent_counters_are_atomic(cache: &Keyspace) {
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let cache = cache.clone();
@@ -210,7 +234,7 @@ async fn concurrent_counters_are_atomic(cache: &Cache) {
     );
 }
 
-async fn compare_and_swap(cache: &Cache) {
+async fn compare_and_swap(cache: &Keyspace) {
     assert_eq!(
         cache.compare_and_swap("cas", None, b"v1", Some(60)).await.unwrap(),
         CasOutcome::Swapped
@@ -243,7 +267,7 @@ async fn compare_and_swap(cache: &Cache) {
     assert!(!cache.exists("absent").await.unwrap());
 }
 
-async fn compare_and_delete(cache: &Cache) {
+async fn compare_and_delete(cache: &Keyspace) {
     cache.set("lock", b"token-1", Some(60), false).await.unwrap();
     assert!(!cache.compare_and_delete("lock", b"token-2").await.unwrap());
     assert_eq!(cache.get("lock").await.unwrap().as_deref(), Some(&b"token-1"[..]));
@@ -268,25 +292,25 @@ async fn compare_and_delete(cache: &Cache) {
     assert_eq!(deleted, 1);
 }
 
-async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
-    assert!(matches!(cache.get("").await, Err(CacheError::InvalidKey(_))));
+async fn invalid_input_is_typed_and_changes_nothing(cache: &Keyspace) {
+    assert!(matches!(cache.get("").await, Err(StoreError::InvalidKey(_))));
     assert!(matches!(
         cache.set(&"k".repeat(513), b"v", None, false).await,
-        Err(CacheError::InvalidKey(_))
+        Err(StoreError::InvalidKey(_))
     ));
-    assert!(matches!(cache.get("line\nbreak").await, Err(CacheError::InvalidKey(_))));
+    assert!(matches!(cache.get("line\nbreak").await, Err(StoreError::InvalidKey(_))));
     assert!(matches!(
         cache.get_many(&keys(&["ok", ""])).await,
-        Err(CacheError::InvalidKey(_))
+        Err(StoreError::InvalidKey(_))
     ));
     let big = vec![0u8; 1024 * 1024 + 1];
     assert_eq!(
         cache.set("big", &big, None, false).await,
-        Err(CacheError::ValueTooLarge { limit: 1024 * 1024 })
+        Err(StoreError::ValueTooLarge { limit: 1024 * 1024 })
     );
     assert_eq!(
         cache.compare_and_swap("big", None, &big, None).await,
-        Err(CacheError::ValueTooLarge { limit: 1024 * 1024 })
+        Err(StoreError::ValueTooLarge { limit: 1024 * 1024 })
     );
     assert!(!cache.exists("big").await.unwrap());
     assert!(
@@ -298,13 +322,13 @@ async fn invalid_input_is_typed_and_changes_nothing(cache: &Cache) {
         cache.expire("max", 0).await.err(),
         cache.incr_by("z", 1, 0).await.err(),
     ] {
-        assert!(matches!(zero_ttl, Some(CacheError::InvalidArgument(_))), "{zero_ttl:?}");
+        assert!(matches!(zero_ttl, Some(StoreError::InvalidArgument(_))), "{zero_ttl:?}");
     }
     assert!(!cache.exists("z").await.unwrap());
 }
 
-async fn namespaces_do_not_cross(cache: &Cache) {
-    let other = Cache::new(cache.backend().clone(), "other", Limits::default()).unwrap();
+async fn namespaces_do_not_cross(cache: &Keyspace) {
+    let other = Keyspace::new(cache.store().clone(), "other", Limits::default()).unwrap();
     cache.set("shared-name", b"mine", None, false).await.unwrap();
     assert_eq!(other.get("shared-name").await.unwrap(), None);
     other.set("shared-name", b"theirs", None, false).await.unwrap();
@@ -313,13 +337,370 @@ async fn namespaces_do_not_cross(cache: &Cache) {
     assert_eq!(cache.get("shared-name").await.unwrap().as_deref(), Some(&b"mine"[..]));
 }
 
-/// Each contract test, once per backend.
+/// A guest's `wasi:keyvalue` calls, made on the host's implementation
+/// directly: the same code the linker calls, without an instance.
+struct Guest {
+    cache: Keyspace,
+    table: ResourceTable,
+}
+
+impl Guest {
+    fn new(cache: &Keyspace) -> Self {
+        Self {
+            cache: cache.clone(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn kv(&mut self) -> KeyValue<'_> {
+        KeyValue::new(&self.cache, &mut self.table)
+    }
+
+    async fn open(&mut self, identifier: &str) -> Result<Resource<Bucket>, store::Error> {
+        self.kv().open(identifier.into()).await.expect("open does not trap")
+    }
+}
+
+/// A `borrow<bucket>` of an open bucket, as the guest passes it to each call.
+fn lend(bucket: &Resource<Bucket>) -> Resource<Bucket> {
+    Resource::new_borrow(bucket.rep())
+}
+
+fn other(error: store::Error) -> String {
+    match error {
+        store::Error::Other(why) => why,
+        unexpected => panic!("expected other(…), got {unexpected:?}"),
+    }
+}
+
+async fn kv_store_round_trip(cache: &Keyspace) {
+    let mut guest = Guest::new(cache);
+    let notes = guest.open("notes").await.unwrap();
+    let mut kv = guest.kv();
+    assert_eq!(kv.get(lend(&notes), "k".into()).await.unwrap().unwrap(), None);
+    assert!(!kv.exists(lend(&notes), "k".into()).await.unwrap().unwrap());
+    kv.set(lend(&notes), "k".into(), b"\x00binary\xff".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kv.get(lend(&notes), "k".into()).await.unwrap().unwrap().as_deref(),
+        Some(&b"\x00binary\xff"[..])
+    );
+    assert!(kv.exists(lend(&notes), "k".into()).await.unwrap().unwrap());
+    kv.set(lend(&notes), "k".into(), Vec::new()).await.unwrap().unwrap();
+    assert_eq!(
+        kv.get(lend(&notes), "k".into()).await.unwrap().unwrap().as_deref(),
+        Some(&b""[..]),
+        "an empty value is a value"
+    );
+    kv.delete(lend(&notes), "k".into()).await.unwrap().unwrap();
+    kv.delete(lend(&notes), "k".into())
+        .await
+        .unwrap()
+        .expect("deleting an absent key is no error");
+    assert!(!kv.exists(lend(&notes), "k".into()).await.unwrap().unwrap());
+    store::HostBucket::drop(&mut kv, notes).await.unwrap();
+    assert!(
+        kv.get(Resource::new_borrow(0), "k".into()).await.is_err(),
+        "a handle the guest does not hold traps"
+    );
+}
+
+async fn kv_buckets_are_prefixes_apart(cache: &Keyspace) {
+    let mut guest = Guest::new(cache);
+    let a = guest.open("a").await.unwrap();
+    let b = guest.open("b").await.unwrap();
+    let mut kv = guest.kv();
+    kv.set(lend(&a), "k".into(), b"in a".to_vec()).await.unwrap().unwrap();
+    assert_eq!(kv.get(lend(&b), "k".into()).await.unwrap().unwrap(), None);
+    // The bucket lives in the namespace, apart from edge:cache keys, which
+    // cannot name it (a control character leads its prefix).
+    assert_eq!(cache.get("k").await.unwrap(), None);
+    assert_eq!(cache.get("kv:a:k").await.unwrap(), None);
+    assert!(matches!(
+        cache.get(&format!("{}k", bucket_scope("a"))).await,
+        Err(StoreError::InvalidKey(_))
+    ));
+    assert_eq!(
+        cache.within(&bucket_scope("a")).get("k").await.unwrap().as_deref(),
+        Some(&b"in a"[..])
+    );
+    cache.set("k", b"edge", None, false).await.unwrap();
+    assert_eq!(
+        kv.get(lend(&a), "k".into()).await.unwrap().unwrap().as_deref(),
+        Some(&b"in a"[..])
+    );
+    // The empty identifier is the default bucket.
+    let mut guest = Guest::new(cache);
+    let empty = guest.open("").await.unwrap();
+    let default = guest.open("default").await.unwrap();
+    let mut kv = guest.kv();
+    kv.set(lend(&empty), "shared".into(), b"1".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kv.get(lend(&default), "shared".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
+async fn kv_bucket_identifiers_are_checked(cache: &Keyspace) {
+    let mut guest = Guest::new(cache);
+    for bad in ["a:b", "{tag}", "with space", "tab\t", "*", &"b".repeat(65)] {
+        assert!(
+            matches!(guest.open(bad).await, Err(store::Error::NoSuchStore)),
+            "{bad:?}"
+        );
+    }
+    assert!(guest.open(&"b".repeat(64)).await.is_ok());
+}
+
+async fn kv_increment(cache: &Keyspace) {
+    let mut guest = Guest::new(cache);
+    let counters = guest.open("counters").await.unwrap();
+    let mut kv = guest.kv();
+    assert_eq!(kv.increment(lend(&counters), "n".into(), 5).await.unwrap().unwrap(), 5);
+    assert_eq!(kv.increment(lend(&counters), "n".into(), 2).await.unwrap().unwrap(), 7);
+    assert_eq!(kv.increment(lend(&counters), "n".into(), 0).await.unwrap().unwrap(), 7);
+    assert_eq!(
+        kv.get(lend(&counters), "n".into()).await.unwrap().unwrap().as_deref(),
+        Some(&b"7"[..])
+    );
+    // Unlike edge:cache's incr-by, no expiry is forced on the counter, and
+    // one it has is kept.
+    let scoped = cache.within(&bucket_scope("counters"));
+    assert_eq!(scoped.ttl("n").await.unwrap(), Ttl::Persistent);
+    scoped.expire("n", 100).await.unwrap();
+    kv.increment(lend(&counters), "n".into(), 1).await.unwrap().unwrap();
+    assert!(matches!(scoped.ttl("n").await.unwrap(), Ttl::ExpiresIn(99..=100)));
+
+    kv.set(lend(&counters), "text".into(), b"abc".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    let why = other(
+        kv.increment(lend(&counters), "text".into(), 1)
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    assert!(why.contains("not a decimal 64-bit integer"), "{why}");
+    let why = other(
+        kv.increment(lend(&counters), "n".into(), u64::MAX)
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    assert!(why.contains("signed 64-bit"), "{why}");
+    kv.set(lend(&counters), "big".into(), i64::MAX.to_string().into_bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    let why = other(
+        kv.increment(lend(&counters), "big".into(), 1)
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    assert!(why.contains("overflow"), "{why}");
+
+    // Atomic: concurrent increments from separate instances lose nothing.
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let mut guest = Guest::new(&cache);
+                let counters = guest.open("counters").await.unwrap();
+                guest.kv().increment(counters, "race".into(), 1).await.unwrap().unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
+}
+
+async fn kv_batch(cache: &Keyspace) {
+    let mut guest = Guest::new(cache);
+    let notes = guest.open("notes").await.unwrap();
+    let mut kv = guest.kv();
+    let entries = |pairs: &[(&str, &[u8])]| -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_vec()))
+            .collect()
+    };
+    kv.set_many(lend(&notes), entries(&[("a", b"1"), ("b", b"2"), ("c", b"3")]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kv.get_many(lend(&notes), keys(&["a", "missing", "c"]))
+            .await
+            .unwrap()
+            .unwrap(),
+        vec![
+            Some(("a".to_owned(), b"1".to_vec())),
+            None,
+            Some(("c".to_owned(), b"3".to_vec()))
+        ]
+    );
+    kv.delete_many(lend(&notes), keys(&["a", "missing", "b"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kv.get_many(lend(&notes), keys(&["a", "b", "c"]))
+            .await
+            .unwrap()
+            .unwrap(),
+        vec![None, None, Some(("c".to_owned(), b"3".to_vec()))]
+    );
+    for empty in [
+        kv.set_many(lend(&notes), Vec::new()).await.unwrap(),
+        kv.delete_many(lend(&notes), Vec::new()).await.unwrap(),
+    ] {
+        empty.unwrap();
+    }
+    assert_eq!(kv.get_many(lend(&notes), Vec::new()).await.unwrap().unwrap(), vec![]);
+    // Checked before anything is written: one bad entry writes none.
+    let big = vec![0u8; 1024 * 1024 + 1];
+    let why = other(
+        kv.set_many(lend(&notes), entries(&[("first", b"1"), ("big", &big)]))
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    assert!(why.contains("1048576 bytes"), "{why}");
+    assert!(!kv.exists(lend(&notes), "first".into()).await.unwrap().unwrap());
+    let why = other(kv.get_many(lend(&notes), keys(&["ok", ""])).await.unwrap().unwrap_err());
+    assert!(why.contains("invalid key"), "{why}");
+}
+
+async fn kv_bad_input_is_the_wit_error(cache: &Keyspace) {
+    let mut guest = Guest::new(cache);
+    let notes = guest.open("notes").await.unwrap();
+    let mut kv = guest.kv();
+    let long = "k".repeat(513);
+    let why = other(
+        kv.set(lend(&notes), long.clone(), b"v".to_vec())
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    assert!(why.contains("at most 512 bytes, this one has 513"), "{why}");
+    // The limit is on the key as the guest names it, not on the prefix.
+    kv.set(lend(&notes), "k".repeat(512), b"v".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    let why = other(kv.get(lend(&notes), String::new()).await.unwrap().unwrap_err());
+    assert!(why.contains("must not be empty"), "{why}");
+    let why = other(
+        kv.exists(lend(&notes), "line\nbreak".into())
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    assert!(why.contains("control characters"), "{why}");
+    let why = other(
+        kv.set(lend(&notes), "big".into(), vec![0; 1024 * 1024 + 1])
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    assert!(why.contains("value too large: the limit is 1048576 bytes"), "{why}");
+    let why = other(kv.increment(lend(&notes), long, 1).await.unwrap().unwrap_err());
+    assert!(why.contains("invalid key"), "{why}");
+}
+
+/// Every key of a bucket, through every page; the pages as counted.
+async fn list_all(kv: &mut KeyValue<'_>, bucket: &Resource<Bucket>) -> (BTreeSet<String>, usize) {
+    let (mut all, mut pages, mut cursor) = (BTreeSet::new(), 0, None);
+    loop {
+        let page = kv.list_keys(lend(bucket), cursor).await.unwrap().unwrap();
+        pages += 1;
+        assert!(page.keys.len() <= 4 * 256, "a page of {} keys", page.keys.len());
+        all.extend(page.keys);
+        cursor = page.cursor;
+        if cursor.is_none() {
+            return (all, pages);
+        }
+        assert!(pages < 1000, "the cursor never ends");
+    }
+}
+
+async fn kv_list_keys(cache: &Keyspace) {
+    let mut guest = Guest::new(cache);
+    let many = guest.open("many").await.unwrap();
+    let near = guest.open("man").await.unwrap();
+    let empty = guest.open("empty").await.unwrap();
+    let mut kv = guest.kv();
+    let expected: BTreeSet<String> = (0..600).map(|n| format!("key-{n}")).collect();
+    let entries: Vec<(String, Vec<u8>)> = expected.iter().map(|key| (key.clone(), b"v".to_vec())).collect();
+    kv.set_many(lend(&many), entries).await.unwrap().unwrap();
+    // Neighbours that a careless prefix match would list.
+    kv.set(lend(&near), "y:key-0".into(), b"v".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    cache.set("many:key-1", b"edge", None, false).await.unwrap();
+    let (listed, pages) = list_all(&mut kv, &many).await;
+    assert_eq!(listed, expected);
+    assert!(pages >= 2, "600 keys in {pages} page(s)");
+    let (listed, _) = list_all(&mut kv, &near).await;
+    assert_eq!(listed, BTreeSet::from(["y:key-0".to_owned()]));
+    assert_eq!(list_all(&mut kv, &empty).await, (BTreeSet::new(), 1));
+    // Deleted keys go from the listing; new ones join it.
+    kv.delete_many(lend(&many), keys(&["key-0", "key-1"]))
+        .await
+        .unwrap()
+        .unwrap();
+    kv.set(lend(&many), "late".into(), b"v".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    let (listed, _) = list_all(&mut kv, &many).await;
+    assert_eq!(listed.len(), 599);
+    assert!(listed.contains("late") && !listed.contains("key-0"));
+}
+
+/// A scope with glob characters lists its own keys only: the `SCAN MATCH`
+/// pattern is escaped.
+async fn list_keys_matches_the_scope_literally(cache: &Keyspace) {
+    let globby = cache.within("g[a]*?\\:");
+    let plain = cache.within("ga");
+    globby.set("mine", b"v", None, false).await.unwrap();
+    plain.set("x:theirs", b"v", None, false).await.unwrap();
+    cache.within("gaXYZ\\:").set("theirs", b"v", None, false).await.unwrap();
+    let page = globby.list_keys(0).await.unwrap();
+    assert_eq!(page.keys, vec!["mine".to_owned()]);
+    assert_eq!(page.cursor, None);
+}
+
+/// Each contract test, once per store.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let subject = super::Subject::redis().await;
+                super::$name(&subject.cache).await;
+            })*
+        }
+        mod near_cache {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let subject = super::Subject::near_cache().await;
                 super::$name(&subject.cache).await;
             })*
         }
@@ -353,6 +734,14 @@ conformance!(
     compare_and_delete,
     invalid_input_is_typed_and_changes_nothing,
     namespaces_do_not_cross,
+    kv_store_round_trip,
+    kv_buckets_are_prefixes_apart,
+    kv_bucket_identifiers_are_checked,
+    kv_increment,
+    kv_batch,
+    kv_bad_input_is_the_wit_error,
+    kv_list_keys,
+    list_keys_matches_the_scope_literally,
 );
 
 /// A value of another type (a list, which only Redis can hold) at a key of
@@ -361,13 +750,13 @@ conformance!(
 async fn values_of_another_type(subject: &Subject) {
     let cache = &subject.cache;
     subject.push_list("list").await;
-    assert_eq!(cache.get("list").await, Err(CacheError::WrongType));
+    assert_eq!(cache.get("list").await, Err(StoreError::WrongType));
     assert_eq!(
         cache.compare_and_swap("list", None, b"v", None).await,
-        Err(CacheError::WrongType)
+        Err(StoreError::WrongType)
     );
-    assert_eq!(cache.compare_and_delete("list", b"x").await, Err(CacheError::WrongType));
-    assert_eq!(cache.incr_by("list", 1, 60).await, Err(CacheError::WrongType));
+    assert_eq!(cache.compare_and_delete("list", b"x").await, Err(StoreError::WrongType));
+    assert_eq!(cache.incr_by("list", 1, 60).await, Err(StoreError::WrongType));
     assert_eq!(cache.delete(&keys(&["list"])).await.unwrap(), 1);
     assert_eq!(
         cache.compare_and_swap("list", None, b"v", None).await.unwrap(),
@@ -384,33 +773,38 @@ async fn values_of_another_type_on_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_another_type_behind_a_near_cache() {
+    values_of_another_type(&Subject::near_cache().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_another_type_on_a_cluster() {
     values_of_another_type(&Subject::cluster().await).await;
 }
 
 #[tokio::test]
 async fn namespaces_are_validated() {
-    let backend = Backend::Memory(MemoryBackend::new(1 << 20));
+    let store = Arc::new(MemoryStore::new(1 << 20));
     for bad in ["", "a:b", "{tag}", "with space", &"n".repeat(65)] {
-        assert!(Cache::new(backend.clone(), bad, Limits::default()).is_err(), "{bad:?}");
+        assert!(Keyspace::new(store.clone(), bad, Limits::default()).is_err(), "{bad:?}");
     }
-    assert!(Cache::new(backend, "tenant-1.prod_eu", Limits::default()).is_ok());
+    assert!(Keyspace::new(store, "tenant-1.prod_eu", Limits::default()).is_ok());
 }
 
 #[tokio::test]
 async fn redis_backend_config_connects() {
     let server = RedisServer::start();
-    let BackendConfig::Redis(_) = server.backend() else {
+    let StoreConfig::Redis(_) = server.store() else {
         panic!("a Redis configuration")
     };
-    assert_eq!(server.backend().connect().await.unwrap().kind(), "redis");
+    assert_eq!(server.store().connect().await.unwrap().kind(), "redis");
 }
 
 #[tokio::test]
 async fn the_embedded_backend_evicts_least_recently_used_entries_at_its_bound() {
     let bound = 256 * 1024;
-    let backend = MemoryBackend::new(bound);
-    let cache = Cache::new(Backend::Memory(backend.clone()), "lru", Limits::default()).unwrap();
+    let store = MemoryStore::new(bound);
+    let cache = Keyspace::new(Arc::new(store.clone()), "lru", Limits::default()).unwrap();
     cache.set("hot", &[7u8; 1024], None, false).await.unwrap();
     for n in 0..1000 {
         cache
@@ -421,9 +815,9 @@ async fn the_embedded_backend_evicts_least_recently_used_entries_at_its_bound() 
         assert!(cache.get("hot").await.unwrap().is_some(), "hot was evicted at {n}");
     }
     assert!(
-        backend.used_memory() <= bound,
+        store.used_memory() <= bound,
         "{} bytes used, bound {bound}",
-        backend.used_memory()
+        store.used_memory()
     );
     assert_eq!(
         cache.get("cold-0").await.unwrap(),

@@ -7,6 +7,8 @@ mod composition;
 mod conformance;
 mod hostile;
 mod http;
+mod keyvalue;
+mod near_cache;
 mod penalty_box;
 mod redis_faults;
 mod redis_ops;

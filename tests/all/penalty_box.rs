@@ -36,7 +36,7 @@ async fn limited(server: &RedisServer, algorithm: &str, entries: u64) -> Served 
     Served::start(HarnessConfig {
         guest_env: vec![("RATE_LIMITS".to_owned(), rules)],
         penalty_box_entries: entries,
-        ..config(server.backend())
+        ..config(server.store())
     })
     .await
 }

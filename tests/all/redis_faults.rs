@@ -4,11 +4,11 @@
 //! fail, requests stop waiting for it, and they find it again when it is
 //! back.
 
-use edge_cache_harness::BackendConfig;
-use edge_cache_harness::backend::CacheError;
-use edge_cache_harness::backend::breaker::{CLUSTER_RANGES, key_slot};
-use edge_cache_harness::backend::redis::{RedisClusterConfig, RedisConfig};
-use edge_cache_harness::cache::{Cache, Limits};
+use edge_cache_harness::StoreConfig;
+use edge_cache_harness::keyspace::{Keyspace, Limits};
+use edge_cache_harness::store::StoreError;
+use edge_cache_harness::store::breaker::{CLUSTER_RANGES, key_slot};
+use edge_cache_harness::store::redis::{RedisClusterConfig, RedisConfig};
 use edge_cache_tests::{RedisCluster, RedisServer, Served, config};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ const FAST: Duration = Duration::from_millis(500);
 /// machine.
 const RECOVERY: Duration = Duration::from_secs(5);
 
-fn backend(server: &RedisServer) -> BackendConfig {
-    BackendConfig::Redis(RedisConfig {
+fn store(server: &RedisServer) -> StoreConfig {
+    StoreConfig::Redis(RedisConfig {
         connect_timeout: Duration::from_millis(500),
         command_timeout: COMMAND_TIMEOUT,
         ..RedisConfig::new(server.url())
@@ -146,12 +146,12 @@ async fn assert_ready_and_recovers(served: &Served) {
     assert_recovers(served).await;
 }
 
-/// Starts a harness on `backend`, which cannot be reached: it starts at
+/// Starts a harness on `store`, which cannot be reached: it starts at
 /// once, answers from the origin without waiting, and is not ready; the
 /// reason is returned.
-async fn start_unready(backend: BackendConfig) -> (Served, String) {
+async fn start_unready(store: StoreConfig) -> (Served, String) {
     let started = Instant::now();
-    let served = Served::start(config(backend)).await;
+    let served = Served::start(config(store)).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "started in {:?}",
@@ -171,7 +171,7 @@ async fn start_unready(backend: BackendConfig) -> (Served, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_is_not_waited_for_and_is_found_again() {
     let mut server = RedisServer::start();
-    let served = Served::start(config(backend(&server))).await;
+    let served = Served::start(config(store(&server))).await;
     assert_eq!(get(&served, "/profiles/alice").await.x_cache, "miss");
     assert_eq!(get(&served, "/profiles/alice").await.x_cache, "hit");
     assert_eq!(served.admin("/readyz").await.0, 200);
@@ -185,7 +185,7 @@ async fn a_killed_redis_is_not_waited_for_and_is_found_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_is_not_waited_for_and_is_found_again() {
     let server = RedisServer::start();
-    let served = Served::start(config(backend(&server))).await;
+    let served = Served::start(config(store(&server))).await;
     assert_eq!(get(&served, "/profiles/alice").await.x_cache, "miss");
 
     server.freeze();
@@ -199,7 +199,7 @@ async fn a_frozen_redis_is_not_waited_for_and_is_found_again() {
 async fn the_harness_starts_without_redis_and_connects_when_it_appears() {
     let mut server = RedisServer::start();
     server.stop();
-    let (served, reason) = start_unready(backend(&server)).await;
+    let (served, reason) = start_unready(store(&server)).await;
     assert!(
         reason.contains(&format!("redis://127.0.0.1:{}", server.port())),
         "{reason}"
@@ -212,7 +212,7 @@ async fn the_harness_starts_without_redis_and_connects_when_it_appears() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_of_another_type_is_replaced_by_the_next_fill() {
     let server = RedisServer::start();
-    let served = Served::start(config(backend(&server))).await;
+    let served = Served::start(config(store(&server))).await;
     let mut redis = server.connection().await;
     let key = "edge-cache:profile:v1:alice";
     let _: () = redis::cmd("RPUSH")
@@ -233,7 +233,7 @@ async fn a_value_of_another_type_is_replaced_by_the_next_fill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_cluster_primary_opens_only_its_own_breakers() {
     let mut cluster = RedisCluster::start(3, 0);
-    let backend = BackendConfig::RedisCluster(RedisClusterConfig {
+    let store = StoreConfig::RedisCluster(RedisClusterConfig {
         connect_timeout: Duration::from_millis(500),
         command_timeout: COMMAND_TIMEOUT,
         ..RedisClusterConfig::new(cluster.urls())
@@ -241,7 +241,7 @@ async fn a_dead_cluster_primary_opens_only_its_own_breakers() {
     .connect()
     .await
     .expect("connect to the cluster");
-    let cache = Cache::new(backend, "faults", Limits::default()).unwrap();
+    let cache = Keyspace::new(store, "faults", Limits::default()).unwrap();
     // `redis-cli --cluster create` splits the slots evenly: the slot
     // ranges of two breakers (21 and 42 of 64) straddle two primaries, and
     // a key in them would see both. Keys elsewhere have one owner.
@@ -266,7 +266,7 @@ async fn a_dead_cluster_primary_opens_only_its_own_breakers() {
     // The first answers may be redirections to the dead node (not an
     // outage in themselves); the refusals that follow open the breaker.
     let circuit_open =
-        |error: &CacheError| matches!(error, CacheError::Unavailable(why) if why.contains("circuit open"));
+        |error: &StoreError| matches!(error, StoreError::Unavailable(why) if why.contains("circuit open"));
     let mut attempts = 0;
     while !circuit_open(&cache.get(dead_key).await.unwrap_err()) {
         attempts += 1;
@@ -282,7 +282,7 @@ async fn a_dead_cluster_primary_opens_only_its_own_breakers() {
         assert_eq!(cache.get(key).await.unwrap().as_deref(), Some(&b"v"[..]), "{key}");
         assert!(started.elapsed() < FAST, "{key} took {:?}", started.elapsed());
     }
-    let readiness = cache.backend().readiness();
+    let readiness = cache.store().readiness();
     assert!(
         readiness.as_ref().is_ok_and(|note| note.contains("slot ranges")),
         "{readiness:?}"
@@ -295,7 +295,7 @@ async fn the_harness_starts_without_a_cluster_and_connects_when_it_appears() {
     for node in 0..cluster.nodes.len() {
         cluster.kill(node);
     }
-    let (served, reason) = start_unready(BackendConfig::RedisCluster(RedisClusterConfig {
+    let (served, reason) = start_unready(StoreConfig::RedisCluster(RedisClusterConfig {
         connect_timeout: Duration::from_millis(500),
         command_timeout: COMMAND_TIMEOUT,
         ..RedisClusterConfig::new(cluster.urls())

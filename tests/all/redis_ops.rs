@@ -1,10 +1,10 @@
-//! The Redis backend as operations see it: credentials, outages, script
+//! The Redis store as operations see it: credentials, outages, script
 //! cache flushes.
 
-use edge_cache_harness::backend::redis::RedisConfig;
-use edge_cache_harness::backend::{Backend, CacheError};
-use edge_cache_harness::cache::{Cache, Limits};
-use edge_cache_harness::{BackendConfig, Harness, HarnessConfig};
+use edge_cache_harness::keyspace::{Keyspace, Limits};
+use edge_cache_harness::store::StoreError;
+use edge_cache_harness::store::redis::RedisConfig;
+use edge_cache_harness::{Harness, HarnessConfig, StoreConfig};
 use edge_cache_tests::{RedisServer, Served, config};
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,9 @@ const ACL: [&str; 9] = [
     "+@all",
 ];
 
-fn acl_url(server: &RedisServer, user_password: &str) -> BackendConfig {
+fn acl_url(server: &RedisServer, user_password: &str) -> StoreConfig {
     let url = format!("redis://{user_password}@127.0.0.1:{}", server.port());
-    BackendConfig::Redis(RedisConfig {
+    StoreConfig::Redis(RedisConfig {
         connect_timeout: Duration::from_millis(500),
         ..RedisConfig::new(url)
     })
@@ -37,7 +37,7 @@ async fn acl_user_and_password_are_used_and_never_shown() {
     assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
 
     let wrong = HarnessConfig {
-        backend: acl_url(&server, "edge:wrong-pass"),
+        store: acl_url(&server, "edge:wrong-pass"),
         ..HarnessConfig::default()
     };
     let error = Harness::start(&wrong)
@@ -69,7 +69,7 @@ async fn acl_key_patterns_confine_the_namespace() {
     );
     let error = served.harness.cache().get("k").await.unwrap_err();
     assert!(
-        matches!(error, CacheError::Unavailable(ref why) if why.contains("permission")),
+        matches!(error, StoreError::AccessDenied(ref why) if why.to_lowercase().contains("perm")),
         "{error:?}"
     );
 }
@@ -77,12 +77,12 @@ async fn acl_key_patterns_confine_the_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_gives_typed_errors_quickly_and_service_recovers() {
     let mut server = RedisServer::start();
-    let backend = server
-        .backend_with_timeout(Duration::from_millis(300))
+    let store = server
+        .store_with_timeout(Duration::from_millis(300))
         .connect()
         .await
         .unwrap();
-    let cache = Cache::new(backend, "outage", Limits::default()).unwrap();
+    let cache = Keyspace::new(store, "outage", Limits::default()).unwrap();
     cache.set("k", b"v", None, false).await.unwrap();
 
     server.stop();
@@ -90,10 +90,10 @@ async fn an_outage_gives_typed_errors_quickly_and_service_recovers() {
         let started = Instant::now();
         let error = cache.get("k").await.unwrap_err();
         assert!(
-            matches!(error, CacheError::Unavailable(_) | CacheError::Timeout(_)),
+            matches!(error, StoreError::Unavailable(_) | StoreError::Timeout(_)),
             "{error:?}"
         );
-        // The command timeout of the test backend is 300 ms.
+        // The command timeout of the test store is 300 ms.
         assert!(
             started.elapsed() < Duration::from_millis(600),
             "took {:?}",
@@ -120,9 +120,9 @@ async fn an_outage_gives_typed_errors_quickly_and_service_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_survive_a_script_cache_flush() {
     let server = RedisServer::start();
-    let backend = server.backend().connect().await.unwrap();
-    assert!(matches!(backend, Backend::Redis(_)));
-    let cache = Cache::new(backend, "scripts", Limits::default()).unwrap();
+    let store = server.store().connect().await.unwrap();
+    assert_eq!(store.kind(), "redis");
+    let cache = Keyspace::new(store, "scripts", Limits::default()).unwrap();
     assert_eq!(cache.incr_by("n", 1, 60).await.unwrap(), 1);
     let mut admin = server.connection().await;
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();

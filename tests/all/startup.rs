@@ -1,14 +1,14 @@
 //! Startup errors say what is wrong, and never print a password.
 
-use edge_cache_harness::backend::redis::RedisConfig;
-use edge_cache_harness::{BackendConfig, Harness, HarnessConfig, StartupError};
+use edge_cache_harness::store::redis::RedisConfig;
+use edge_cache_harness::{Harness, HarnessConfig, StartupError, StoreConfig};
 use std::time::Duration;
 
 /// A configuration that refuses to start without Redis
 /// (`--require-redis`).
 fn redis(url: &str) -> HarnessConfig {
     HarnessConfig {
-        backend: BackendConfig::Redis(RedisConfig {
+        store: StoreConfig::Redis(RedisConfig {
             connect_timeout: Duration::from_millis(300),
             required: true,
             ..RedisConfig::new(url)
@@ -53,12 +53,12 @@ async fn unreachable_redis_stops_a_start_that_requires_it_without_the_password()
 #[tokio::test]
 async fn unreachable_redis_does_not_stop_a_start_that_does_not_require_it() {
     let mut config = redis(&format!("redis://127.0.0.1:{}", closed_port()));
-    let BackendConfig::Redis(redis) = &mut config.backend else {
+    let StoreConfig::Redis(redis) = &mut config.store else {
         unreachable!()
     };
     redis.required = false;
     let harness = Harness::start(&config).await.expect("the harness starts without Redis");
-    let reason = harness.cache().backend().readiness().unwrap_err();
+    let reason = harness.cache().store().readiness().unwrap_err();
     assert!(reason.starts_with("Redis at redis://127.0.0.1:"), "{reason}");
 }
 

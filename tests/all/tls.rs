@@ -3,8 +3,8 @@
 //! trusted through `--redis-ca-file`, and mutual TLS works with a client
 //! certificate.
 
-use edge_cache_harness::backend::redis::{RedisConfig, TlsFiles};
-use edge_cache_harness::{BackendConfig, Harness, HarnessConfig};
+use edge_cache_harness::store::redis::{RedisConfig, TlsFiles};
+use edge_cache_harness::{Harness, HarnessConfig, StoreConfig};
 use edge_cache_tests::{RedisServer, Served, config};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::path::{Path, PathBuf};
@@ -75,8 +75,8 @@ impl Drop for Pki {
     }
 }
 
-fn tls_backend(server: &RedisServer, tls: TlsFiles) -> BackendConfig {
-    BackendConfig::Redis(RedisConfig {
+fn tls_backend(server: &RedisServer, tls: TlsFiles) -> StoreConfig {
+    StoreConfig::Redis(RedisConfig {
         connect_timeout: Duration::from_secs(1),
         command_timeout: Duration::from_secs(3),
         tls,
@@ -93,9 +93,9 @@ fn trusting(pki: &Pki) -> TlsFiles {
     }
 }
 
-async fn start_error(backend: BackendConfig) -> String {
+async fn start_error(store: StoreConfig) -> String {
     match Harness::start(&HarnessConfig {
-        backend,
+        store,
         ..HarnessConfig::default()
     })
     .await
@@ -142,14 +142,14 @@ async fn mutual_tls_needs_the_client_certificate() {
 async fn tls_settings_are_checked_before_connecting() {
     let pki = Pki::new("settings");
     let server_port = 1; // never reached: the settings fail first
-    let backend = |url: &str, tls: TlsFiles| {
-        BackendConfig::Redis(RedisConfig {
+    let store = |url: &str, tls: TlsFiles| {
+        StoreConfig::Redis(RedisConfig {
             tls,
             ..RedisConfig::new(url)
         })
     };
     let url = format!("rediss://127.0.0.1:{server_port}");
-    let missing = start_error(backend(
+    let missing = start_error(store(
         &url,
         TlsFiles {
             ca_file: Some(Path::new("/nonexistent/ca.pem").into()),
@@ -158,7 +158,7 @@ async fn tls_settings_are_checked_before_connecting() {
     ))
     .await;
     assert!(missing.contains("cannot read /nonexistent/ca.pem"), "{missing}");
-    let half = start_error(backend(
+    let half = start_error(store(
         &url,
         TlsFiles {
             client_cert_file: Some(pki.path("client.pem")),
@@ -167,6 +167,6 @@ async fn tls_settings_are_checked_before_connecting() {
     ))
     .await;
     assert!(half.contains("needs its key"), "{half}");
-    let plain = start_error(backend("redis://127.0.0.1:1", trusting(&pki))).await;
+    let plain = start_error(store("redis://127.0.0.1:1", trusting(&pki))).await;
     assert!(plain.contains("rediss://"), "{plain}");
 }

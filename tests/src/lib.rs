@@ -1,10 +1,13 @@
 //! Test fixtures: real `redis-server` processes and harnesses serving the
 //! built guest over HTTP on loopback.
 
-use edge_cache_harness::backend::redis::RedisConfig;
 use edge_cache_harness::caller::{ApiKeys, digest_hex};
 use edge_cache_harness::engine::{GuestLimits, new_engine};
-use edge_cache_harness::{BUILT_GUEST, BackendConfig, Harness, HarnessConfig, ServingConfig};
+use edge_cache_harness::store::near::NearCacheConfig;
+use edge_cache_harness::store::redis::RedisConfig;
+use edge_cache_harness::{BUILT_GUEST, Harness, HarnessConfig, ServingConfig, StoreConfig};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -211,17 +214,42 @@ impl RedisServer {
     /// A harness configuration for this server. The command timeout is
     /// generous: a loaded test machine must not turn into fail-open
     /// decisions where a test counts exact ones.
-    pub fn backend(&self) -> BackendConfig {
-        self.backend_with_timeout(Duration::from_secs(3))
+    pub fn store(&self) -> StoreConfig {
+        self.store_with_timeout(Duration::from_secs(3))
     }
 
     /// A harness configuration with a short command timeout, for outages.
-    pub fn backend_with_timeout(&self, command_timeout: Duration) -> BackendConfig {
-        BackendConfig::Redis(RedisConfig {
+    pub fn store_with_timeout(&self, command_timeout: Duration) -> StoreConfig {
+        StoreConfig::Redis(RedisConfig {
             connect_timeout: Duration::from_millis(500),
             command_timeout,
             ..RedisConfig::new(self.url())
         })
+    }
+
+    /// A harness configuration for this server with a near cache.
+    pub fn store_with_near_cache(&self, near_cache: NearCacheConfig) -> StoreConfig {
+        match self.store() {
+            StoreConfig::Redis(redis) => StoreConfig::Redis(RedisConfig {
+                near_cache: Some(near_cache),
+                ..redis
+            }),
+            other => other,
+        }
+    }
+
+    /// Starts watching the commands clients send (`MONITOR`).
+    pub fn monitor(&self) -> Monitor {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to MONITOR");
+        stream.write_all(b"*1\r\n$7\r\nMONITOR\r\n").unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), "+OK", "MONITOR answered {line:?}");
+        Monitor {
+            reader,
+            port: self.port,
+        }
     }
 
     /// A plain async connection for inspecting what the harness stored.
@@ -231,6 +259,49 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .unwrap()
+    }
+}
+
+/// The commands Redis runs, as `MONITOR` shows them, from
+/// [`RedisServer::monitor`] on.
+pub struct Monitor {
+    reader: BufReader<std::net::TcpStream>,
+    port: u16,
+}
+
+impl Monitor {
+    /// Stops watching: how many times clients sent each command (by lower
+    /// case name), leaving out those scripts ran. Sends a marker command
+    /// last and reads up to it, so nothing that ran before is missed.
+    pub fn finish(mut self) -> BTreeMap<String, u64> {
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let marker = format!(
+            "end-of-monitor-{}-{}",
+            std::process::id(),
+            MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        client
+            .write_all(format!("*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n", marker.len()).as_bytes())
+            .unwrap();
+        let mut counts = BTreeMap::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(self.reader.read_line(&mut line).unwrap() > 0, "MONITOR ended early");
+            if line.contains(&marker) {
+                return counts;
+            }
+            // `+1700000000.000000 [0 127.0.0.1:40000] "GET" "key"`; scripts show `[0 lua]`.
+            let Some((client, command)) = line.split_once("] ") else {
+                continue;
+            };
+            if client.ends_with(" lua") {
+                continue;
+            }
+            let name = command.split('"').nth(1).unwrap_or_default().to_ascii_lowercase();
+            *counts.entry(name).or_insert(0) += 1;
+        }
     }
 }
 
@@ -264,11 +335,15 @@ impl Served {
 
     /// Serves `component`, compiled with [`ENGINE`].
     pub async fn start_component(config: HarnessConfig, component: &Component) -> Self {
-        let harness = Arc::new(
-            Harness::with_component(&config, component)
-                .await
-                .expect("the harness starts"),
-        );
+        let harness = Harness::with_component(&config, component)
+            .await
+            .expect("the harness starts");
+        Self::serve(harness).await
+    }
+
+    /// Serves a harness already started, as `edge-cache serve` does.
+    pub async fn serve(harness: Harness) -> Self {
+        let harness = Arc::new(harness);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -351,11 +426,11 @@ impl Drop for Served {
     }
 }
 
-/// A configuration on the given backend, with the test API keys issued,
+/// A configuration on the given store, with the test API keys issued,
 /// everything else default.
-pub fn config(backend: BackendConfig) -> HarnessConfig {
+pub fn config(store: StoreConfig) -> HarnessConfig {
     HarnessConfig {
-        backend,
+        store,
         serving: ServingConfig {
             api_keys: test_api_keys(),
             ..ServingConfig::default()
@@ -485,11 +560,11 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    pub fn backend(&self) -> BackendConfig {
-        BackendConfig::RedisCluster(edge_cache_harness::backend::redis::RedisClusterConfig {
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig::RedisCluster(edge_cache_harness::store::redis::RedisClusterConfig {
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_secs(3),
-            ..edge_cache_harness::backend::redis::RedisClusterConfig::new(self.urls())
+            ..edge_cache_harness::store::redis::RedisClusterConfig::new(self.urls())
         })
     }
 

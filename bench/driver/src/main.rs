@@ -48,7 +48,7 @@ struct Options {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "hit,limiter,limiter-boxed,miss,floor,hosts,hosts-reuse"
+        default_value = "hit,hit-near,limiter,limiter-boxed,miss,floor,hosts,hosts-reuse"
     )]
     workloads: Vec<Workload>,
     /// The `wasmtime` CLI the `hosts` workloads rank the harness against
@@ -73,6 +73,9 @@ struct Options {
 enum Workload {
     /// `GET /profiles/alice`, always in the cache: limiter + cache lookup.
     Hit,
+    /// `hit` with the harness's near cache on (`--near-cache`): the lookup
+    /// is answered in the harness, the limiter alone goes to Redis.
+    HitNear,
     /// Every request over its caller's limit: the fixed-window check alone,
     /// answered 429. The harness's penalty box is off, so that every check
     /// reaches Redis, as the native baseline's do.
@@ -94,6 +97,9 @@ enum Workload {
     /// requests as the harness does (`--max-instance-reuse-count`).
     HostsReuse,
 }
+
+/// The harness's near cache in the hit-near workload.
+const NEAR_CACHE_SIZE: &str = "16MB";
 
 /// The component of the floor workload (built by `build.rs`).
 const FLOOR_COMPONENT: &str = env!("EDGE_CACHE_BENCH_FLOOR");
@@ -117,6 +123,7 @@ impl Workload {
     fn name(self) -> &'static str {
         match self {
             Self::Hit => "hit",
+            Self::HitNear => "hit-near",
             Self::Limiter => "limiter",
             Self::LimiterBoxed => "limiter-boxed",
             Self::Miss => "miss",
@@ -134,9 +141,13 @@ impl Workload {
 
     fn paths(self) -> Paths {
         match self {
-            Self::Hit | Self::Limiter | Self::LimiterBoxed | Self::Floor | Self::Hosts | Self::HostsReuse => {
-                Paths::Fixed("/profiles/alice")
-            }
+            Self::Hit
+            | Self::HitNear
+            | Self::Limiter
+            | Self::LimiterBoxed
+            | Self::Floor
+            | Self::Hosts
+            | Self::HostsReuse => Paths::Fixed("/profiles/alice"),
             Self::Miss => Paths::Distinct {
                 prefix: "/profiles/u",
                 per_thread: MISS_IDS_PER_THREAD,
@@ -148,14 +159,14 @@ impl Workload {
     fn rate_limit(self) -> u32 {
         match self {
             Self::Limiter | Self::LimiterBoxed => 1,
-            Self::Hit | Self::Miss | Self::Floor | Self::Hosts | Self::HostsReuse => 1_000_000_000,
+            Self::Hit | Self::HitNear | Self::Miss | Self::Floor | Self::Hosts | Self::HostsReuse => 1_000_000_000,
         }
     }
 
     /// The response every request of the workload must get.
     fn expected(self) -> (u16, Option<&'static str>) {
         match self {
-            Self::Hit | Self::Floor => (200, Some("hit")),
+            Self::Hit | Self::HitNear | Self::Floor => (200, Some("hit")),
             Self::Limiter | Self::LimiterBoxed => (429, None),
             Self::Miss => (200, Some("miss")),
             Self::Hosts | Self::HostsReuse => (200, None),
@@ -213,6 +224,7 @@ impl Setup {
         match workload {
             Workload::Floor => args.push(format!("--component={FLOOR_COMPONENT}")),
             Workload::Hosts | Workload::HostsReuse => args.push(format!("--component={HELLO_COMPONENT}")),
+            Workload::HitNear => args.push(format!("--near-cache={NEAR_CACHE_SIZE}")),
             Workload::Hit | Workload::Limiter | Workload::LimiterBoxed | Workload::Miss => {}
         }
         if workload == Workload::Limiter {
@@ -224,7 +236,10 @@ impl Setup {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let baseline = if workload.ranks_hosts() {
             let wasmtime = self.wasmtime.as_ref().context("no wasmtime CLI was looked for")?;
-            let mut args = vec!["serve".to_owned(), format!("--addr={address}")];
+            // `-Scli`: the whole of wasi:cli, as the harness links it; Rust's
+            // standard library imports `wasi:cli/environment`, which the proxy
+            // world alone lacks.
+            let mut args = vec!["serve".to_owned(), "-Scli".to_owned(), format!("--addr={address}")];
             if workload == Workload::HostsReuse {
                 args.push(format!("--max-instance-reuse-count={HARNESS_INSTANCE_REUSE}"));
             }
@@ -243,6 +258,13 @@ impl Setup {
             // Fills alice; for the limiter, spends the one allowed request.
             Workload::Hit | Workload::Limiter | Workload::LimiterBoxed | Workload::Floor => {
                 http::Client::connect(service.address)?.get("/profiles/alice")?;
+            }
+            // The fill, then a hit that brings alice into the near cache
+            // (the fill's FLUSHALL emptied it).
+            Workload::HitNear => {
+                let mut client = http::Client::connect(service.address)?;
+                client.get("/profiles/alice")?;
+                client.get("/profiles/alice")?;
             }
             Workload::Miss | Workload::Hosts | Workload::HostsReuse => {}
         }
@@ -287,6 +309,10 @@ impl Setup {
         Ok(monitor
             .finish()?
             .into_iter()
+            // The near cache's heartbeat (a PING a second on its tracking
+            // connection, whichever service is being counted) is no
+            // request's.
+            .filter(|(command, _)| !(workload == Workload::HitNear && command == "ping"))
             .map(|(command, calls)| (command, calls as f64 / requests as f64))
             .collect())
     }
@@ -617,6 +643,16 @@ fn main() -> anyhow::Result<()> {
                 met: total == 2.0 && calls("get") == 1.0 && calls("evalsha") == 1.0,
                 structural: true,
             }),
+            Workload::HitNear => {
+                targets.push(Target {
+                    what: format!(
+                        "near-cache hit = {:.2} round trip (the request's total {total:.2} is the fixed-window check)",
+                        total - calls("evalsha")
+                    ),
+                    met: total == 1.0 && calls("evalsha") == 1.0,
+                    structural: true,
+                })
+            }
             Workload::Miss | Workload::Floor | Workload::Hosts | Workload::HostsReuse => {}
         }
     }
@@ -657,6 +693,10 @@ fn main() -> anyhow::Result<()> {
 fn workload_doc(workload: Workload) -> &'static str {
     match workload {
         Workload::Hit => "GET /profiles/alice, a cache hit every time (fixed-window check + cache lookup)",
+        Workload::HitNear => {
+            "GET /profiles/alice, a hit every time, the harness with --near-cache: the fixed-window check in Redis, \
+             the lookup in the harness (native: both in Redis)"
+        }
         Workload::Limiter => {
             "GET /profiles/alice over the caller's limit: the fixed-window check alone, 429 (penalty box off)"
         }

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The harness's own scripts, so both sides make identical Redis calls.
-const INCR_BY_BOUNDED_SCRIPT: &str = include_str!("../../../host-harness/src/backend/scripts/incr_by_bounded.lua");
-const COMPARE_AND_SWAP_SCRIPT: &str = include_str!("../../../host-harness/src/backend/scripts/compare_and_swap.lua");
+const INCR_BY_BOUNDED_SCRIPT: &str = include_str!("../../../host-harness/src/store/scripts/incr_by_bounded.lua");
+const COMPARE_AND_SWAP_SCRIPT: &str = include_str!("../../../host-harness/src/store/scripts/compare_and_swap.lua");
 
 const LOCK_TTL_SECONDS: u64 = 5;
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

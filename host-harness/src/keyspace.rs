@@ -1,8 +1,11 @@
-//! The cache as the guest sees it: its own namespace, size limits, typed
-//! errors, and a trace event per operation.
+//! The store as one guest sees it, a [`Keyspace`]: its own namespace, size
+//! limits, typed errors, and a trace event per operation. This is what
+//! the host side of `edge:cache/cache` calls; the name keeps it apart from
+//! that interface and from the stores ([`crate::store::Store`]) below it.
 
-use crate::backend::{Backend, BoundedIncr, CacheError, CasOutcome, Ttl};
 use crate::metrics::StoreMetrics;
+use crate::store::{BoundedIncr, CasOutcome, KeyPage, Store, StoreError, Ttl};
+use futures_util::future::try_join_all;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,18 +38,18 @@ impl Default for Limits {
 #[error("invalid namespace {0:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -")]
 pub struct InvalidNamespace(pub String);
 
-/// A backend seen through one namespace. Cheap to clone: every clone shares
-/// the backend's connection.
+/// A store seen through one namespace. Cheap to clone: every clone shares
+/// the store (and its connections).
 #[derive(Clone)]
-pub struct Cache {
-    backend: Backend,
+pub struct Keyspace {
+    store: Arc<dyn Store>,
     prefix: Arc<str>,
     limits: Limits,
     metrics: StoreMetrics,
 }
 
-impl Cache {
-    pub fn new(backend: Backend, namespace: &str, limits: Limits) -> Result<Self, InvalidNamespace> {
+impl Keyspace {
+    pub fn new(store: Arc<dyn Store>, namespace: &str, limits: Limits) -> Result<Self, InvalidNamespace> {
         // No ':' (it separates the prefix), and no braces: a brace would
         // turn the prefix into a Redis Cluster hash tag.
         let valid = !namespace.is_empty()
@@ -59,34 +62,47 @@ impl Cache {
         }
         Ok(Self {
             prefix: format!("{namespace}:").into(),
-            metrics: StoreMetrics::new(backend.breaker_gauges()),
-            backend,
+            metrics: StoreMetrics::of(store.clone()),
+            store,
             limits,
         })
     }
 
-    /// Latency and errors of this cache's store operations.
+    /// This keyspace seen through `scope`, a prefix inside the namespace that
+    /// the host chooses (such as a `wasi:keyvalue` bucket's): the same
+    /// store, limits and metrics, every key under `{namespace}:{scope}`.
+    /// The key limits apply to the keys as the guest names them, after the
+    /// scope. Callers choose scopes that no guest key of the plain cache can
+    /// start with, or the two would share keys.
+    pub fn within(&self, scope: &str) -> Self {
+        Self {
+            prefix: format!("{}{scope}", self.prefix).into(),
+            ..self.clone()
+        }
+    }
+
+    /// Latency and errors of this keyspace's store operations.
     pub fn metrics(&self) -> &StoreMetrics {
         &self.metrics
     }
 
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
-    fn full_key(&self, key: &str) -> Result<String, CacheError> {
+    fn full_key(&self, key: &str) -> Result<String, StoreError> {
         if key.is_empty() {
-            return Err(CacheError::InvalidKey("a key must not be empty".into()));
+            return Err(StoreError::InvalidKey("a key must not be empty".into()));
         }
         if key.len() > self.limits.max_key_bytes {
-            return Err(CacheError::InvalidKey(format!(
+            return Err(StoreError::InvalidKey(format!(
                 "a key has at most {} bytes, this one has {}",
                 self.limits.max_key_bytes,
                 key.len()
             )));
         }
         if has_control_character(key) {
-            return Err(CacheError::InvalidKey(
+            return Err(StoreError::InvalidKey(
                 "a key must not contain control characters".into(),
             ));
         }
@@ -96,22 +112,22 @@ impl Cache {
         Ok(full)
     }
 
-    fn full_keys(&self, keys: &[String]) -> Result<Vec<String>, CacheError> {
+    fn full_keys(&self, keys: &[String]) -> Result<Vec<String>, StoreError> {
         keys.iter().map(|key| self.full_key(key)).collect()
     }
 
-    fn check_value(&self, value: &[u8]) -> Result<(), CacheError> {
+    fn check_value(&self, value: &[u8]) -> Result<(), StoreError> {
         if value.len() > self.limits.max_value_bytes {
-            return Err(CacheError::ValueTooLarge {
+            return Err(StoreError::ValueTooLarge {
                 limit: self.limits.max_value_bytes as u64,
             });
         }
         Ok(())
     }
 
-    fn positive_ttl(ttl: u64) -> Result<u64, CacheError> {
+    fn positive_ttl(ttl: u64) -> Result<u64, StoreError> {
         if ttl == 0 {
-            return Err(CacheError::InvalidArgument(
+            return Err(StoreError::InvalidArgument(
                 "a time-to-live must be at least 1 second".into(),
             ));
         }
@@ -120,21 +136,21 @@ impl Cache {
 
     /// Checks what a write names and stores: its key, the value's size and
     /// the time-to-live; returns the full key and the TTL.
-    fn checked_write(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<(String, Option<u64>), CacheError> {
+    fn checked_write(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<(String, Option<u64>), StoreError> {
         let full = self.full_key(key)?;
         self.check_value(value)?;
         Ok((full, ttl.map(Self::positive_ttl).transpose()?))
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let hit = |value: &Option<Vec<u8>>| Some(value.is_some());
-        self.traced("get", key, hit, async { self.backend.get(&self.full_key(key)?).await })
+        self.traced("get", key, hit, async { self.store.get(&self.full_key(key)?).await })
             .await
     }
 
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         self.traced("get-many", &keys.join(","), no_hit, async {
-            self.backend.get_many(&self.full_keys(keys)?).await
+            self.store.get_many(&self.full_keys(keys)?).await
         })
         .await
     }
@@ -145,49 +161,96 @@ impl Cache {
         value: &[u8],
         ttl: Option<u64>,
         only_if_absent: bool,
-    ) -> Result<bool, CacheError> {
+    ) -> Result<bool, StoreError> {
         self.traced("set", key, no_hit, async {
             let (full, ttl) = self.checked_write(key, value, ttl)?;
-            self.backend.set(&full, value, ttl, only_if_absent).await
+            self.store.set(&full, value, ttl, only_if_absent).await
         })
         .await
     }
 
-    pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
+    pub async fn delete(&self, keys: &[String]) -> Result<u32, StoreError> {
         self.traced("delete", &keys.join(","), no_hit, async {
-            self.backend.delete(&self.full_keys(keys)?).await
+            self.store.delete(&self.full_keys(keys)?).await
         })
         .await
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         self.traced("exists", key, no_hit, async {
-            self.backend.exists(&self.full_key(key)?).await
+            self.store.exists(&self.full_key(key)?).await
         })
         .await
     }
 
-    pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
+    pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, StoreError> {
         self.traced("expire", key, no_hit, async {
-            self.backend
-                .expire(&self.full_key(key)?, Self::positive_ttl(ttl)?)
-                .await
+            self.store.expire(&self.full_key(key)?, Self::positive_ttl(ttl)?).await
         })
         .await
     }
 
-    pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
-        self.traced("ttl", key, no_hit, async {
-            self.backend.ttl(&self.full_key(key)?).await
-        })
-        .await
+    pub async fn ttl(&self, key: &str) -> Result<Ttl, StoreError> {
+        self.traced("ttl", key, no_hit, async { self.store.ttl(&self.full_key(key)?).await })
+            .await
     }
 
-    pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
+    pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, StoreError> {
         self.traced("incr-by", key, no_hit, async {
-            self.backend
+            self.store
                 .incr_by(&self.full_key(key)?, delta, Self::positive_ttl(ttl_if_new)?)
                 .await
+        })
+        .await
+    }
+
+    /// Adds `delta` to the counter at `key` (a missing key counts as 0),
+    /// atomically, without touching its expiry: a key created here never
+    /// expires. For stores whose counters live as long as the data
+    /// (`wasi:keyvalue`); `edge:cache` counters use [`Self::incr_by`].
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        self.traced("incr", key, no_hit, async {
+            self.store.incr(&self.full_key(key)?, delta).await
+        })
+        .await
+    }
+
+    /// Writes several keys without expiry, all in flight at once (not
+    /// atomically). Every key and value is checked before anything is
+    /// written, so bad input changes nothing.
+    pub async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let names: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        self.traced("set-many", &names.join(","), no_hit, async {
+            let writes = entries
+                .iter()
+                .map(|(key, value)| Ok((self.checked_write(key, value, None)?.0, value)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            try_join_all(
+                writes
+                    .iter()
+                    .map(|(full, value)| self.store.set(full, value, None, false)),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A page of the keys in this keyspace's namespace (or scope), as the
+    /// guest names them, from `cursor` (0 to start); see
+    /// [`Store::scan_prefix`].
+    pub async fn list_keys(&self, cursor: u64) -> Result<KeyPage, StoreError> {
+        self.traced("list-keys", "*", no_hit, async {
+            let page = self.store.scan_prefix(&self.prefix, cursor).await?;
+            let keys = page
+                .keys
+                .into_iter()
+                .filter_map(|key| key.strip_prefix(&*self.prefix).map(str::to_owned))
+                .collect();
+            Ok(KeyPage {
+                keys,
+                cursor: page.cursor,
+            })
         })
         .await
     }
@@ -198,9 +261,9 @@ impl Cache {
         delta: i64,
         ttl_if_new: u64,
         max: i64,
-    ) -> Result<BoundedIncr, CacheError> {
+    ) -> Result<BoundedIncr, StoreError> {
         self.traced("incr-by-bounded", key, no_hit, async {
-            self.backend
+            self.store
                 .incr_by_bounded(&self.full_key(key)?, delta, Self::positive_ttl(ttl_if_new)?, max)
                 .await
         })
@@ -213,17 +276,17 @@ impl Cache {
         expected: Option<&[u8]>,
         new: &[u8],
         ttl: Option<u64>,
-    ) -> Result<CasOutcome, CacheError> {
+    ) -> Result<CasOutcome, StoreError> {
         self.traced("compare-and-swap", key, no_hit, async {
             let (full, ttl) = self.checked_write(key, new, ttl)?;
-            self.backend.compare_and_swap(&full, expected, new, ttl).await
+            self.store.compare_and_swap(&full, expected, new, ttl).await
         })
         .await
     }
 
-    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
         self.traced("compare-and-delete", key, no_hit, async {
-            self.backend.compare_and_delete(&self.full_key(key)?, expected).await
+            self.store.compare_and_delete(&self.full_key(key)?, expected).await
         })
         .await
     }
@@ -236,8 +299,8 @@ impl Cache {
         op: &'static str,
         key: &str,
         hit: impl Fn(&T) -> Option<bool>,
-        operation: impl Future<Output = Result<T, CacheError>>,
-    ) -> Result<T, CacheError> {
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = operation.await;
         let took = started.elapsed();
@@ -253,7 +316,7 @@ impl Cache {
                 match error {
                     // An outage fails every call: the breaker logs when it
                     // starts and ends, and `/metrics` counts the calls.
-                    CacheError::Unavailable(_) | CacheError::Timeout(_) => {
+                    StoreError::Unavailable(_) | StoreError::Timeout(_) => {
                         tracing::debug!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error)
                     }
                     _ => tracing::warn!(target: "edge_cache::cache", op, key, micros, outcome = "error", %error),

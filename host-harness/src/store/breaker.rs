@@ -15,7 +15,7 @@
 //! The happy path costs one atomic load per command (the breaker's state)
 //! and a second one for the failure count after success; no lock is taken.
 
-use super::CacheError;
+use super::StoreError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -90,7 +90,7 @@ impl Breaker {
     }
 }
 
-/// The breakers of one backend.
+/// The breakers of one store.
 pub struct Breakers {
     all: Box<[Breaker]>,
     /// Slots per breaker: all of them for a single server.
@@ -158,6 +158,14 @@ impl Breakers {
         usize::from(key_slot(key.as_bytes())) / self.slots_per_breaker
     }
 
+    /// The breaker guarding `slot` (a cluster's; 0 for a single server).
+    pub fn index_of_slot(&self, slot: u16) -> usize {
+        if self.all.len() == 1 {
+            return 0;
+        }
+        usize::from(slot) / self.slots_per_breaker
+    }
+
     /// A key guarded by each breaker, in order: `{N}` for the smallest
     /// number N that hashes into its range. A cluster probe asks about it,
     /// so the cluster client takes it to the node serving that range.
@@ -185,12 +193,12 @@ impl Breakers {
     }
 
     /// Lets a call through, or refuses it at once while its breaker is open.
-    pub fn admit(&self, index: usize) -> Result<(), CacheError> {
+    pub fn admit(&self, index: usize) -> Result<(), StoreError> {
         let breaker = &self.all[index];
         if breaker.state.load(Ordering::Acquire) == CLOSED {
             return Ok(());
         }
-        Err(CacheError::Unavailable(format!(
+        Err(StoreError::Unavailable(format!(
             "circuit open for {}: Redis failed {FAILURE_THRESHOLD} times in a row; it is probed in the background",
             breaker.name
         )))
@@ -375,7 +383,7 @@ mod tests {
         }
         assert!(breakers.admit(0).is_ok(), "a success broke the run");
         breakers.failed(0, "refused");
-        assert!(matches!(breakers.admit(0), Err(CacheError::Unavailable(_))));
+        assert!(matches!(breakers.admit(0), Err(StoreError::Unavailable(_))));
         assert!(!breakers.take_probe(0), "the backoff has not passed");
         std::thread::sleep(FIRST_BACKOFF);
         assert!(breakers.take_probe(0));

@@ -1,4 +1,4 @@
-//! The Redis backend: one multiplexed connection shared by every instance
+//! The Redis store: one multiplexed connection shared by every instance
 //! (a [`ConnectionManager`] for one server, the async cluster client for a
 //! Redis Cluster), every command bounded by a deadline.
 //!
@@ -13,15 +13,17 @@
 //! fail at once with `unavailable` while a background task connects.
 
 use super::breaker::{BreakerGauges, Breakers, FIRST_BACKOFF};
-use super::{BoundedIncr, CacheError, CasOutcome, Ttl};
+use super::{BoundedIncr, CasOutcome, KeyPage, SCAN_PAGE_KEYS, Store, StoreError, StoreFuture, Ttl};
 use futures_util::future::{join_all, try_join_all};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
-    RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
+    ProtocolVersion, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
 };
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
@@ -46,6 +48,15 @@ const COMPARE_AND_SWAP_SCRIPT: &str = include_str!("scripts/compare_and_swap.lua
 /// ARGV: the value the key must hold. Deletes the key only when it holds
 /// exactly that; returns 1 when it did.
 const COMPARE_AND_DELETE_SCRIPT: &str = include_str!("scripts/compare_and_delete.lua");
+
+/// `SCAN`s one `scan_prefix` call makes at most while its page is not
+/// full: a sparse prefix in a large key space then costs a few round trips
+/// per page, never a walk of the whole space in one guest call.
+const MAX_SCANS_PER_PAGE: usize = 8;
+
+/// Bits of a cluster scan cursor that hold the node's own `SCAN` cursor;
+/// the 14 above them hold the first slot of the node being scanned.
+const NODE_CURSOR_BITS: u32 = 50;
 
 /// How often the background task looks for due probes (a few atomic loads).
 const SUPERVISOR_TICK: Duration = Duration::from_millis(50);
@@ -117,6 +128,8 @@ pub struct RedisConfig {
     /// Refuse to start when Redis cannot be reached (otherwise the harness
     /// serves from the origin and connects in the background).
     pub required: bool,
+    /// Keep recently read values in the harness too (see [`super::near`]).
+    pub near_cache: Option<super::near::NearCacheConfig>,
 }
 
 impl RedisConfig {
@@ -130,6 +143,7 @@ impl RedisConfig {
             max_reconnect_delay: Duration::from_secs(2),
             tls: TlsFiles::default(),
             required: false,
+            near_cache: None,
         }
     }
 }
@@ -164,7 +178,7 @@ impl RedisClusterConfig {
     }
 }
 
-/// Why the Redis backend could not start.
+/// Why the Redis store could not start.
 #[derive(Debug, Error)]
 pub enum ConnectError {
     #[error("invalid Redis URL {url}: {reason}")]
@@ -315,11 +329,11 @@ impl ConnectionLike for Connection {
 }
 
 #[derive(Clone)]
-pub struct RedisBackend {
+pub struct RedisStore {
     shared: Arc<Shared>,
 }
 
-/// What every clone of a backend and its background task share.
+/// What every clone of a store and its background task share.
 struct Shared {
     /// Set once connected: at once for a single server (its manager
     /// connects lazily and reconnects by itself), when a node answers for a
@@ -372,11 +386,10 @@ fn is_configuration_error(error: &RedisError) -> bool {
         .is_some_and(|code| ["WRONGPASS", "NOAUTH", "NOPERM"].contains(&code))
 }
 
-impl RedisBackend {
-    /// Connects to one server. A bad URL or TLS setting, or refused
-    /// credentials, fail at once; an unreachable server fails only when
-    /// `config.required`, and is otherwise reached in the background.
-    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+impl RedisStore {
+    /// A client for the server of `config`, speaking `protocol` (else the
+    /// URL's); fails on a bad URL or TLS setting, without connecting.
+    pub(crate) fn client(config: &RedisConfig, protocol: Option<ProtocolVersion>) -> Result<Client, ConnectError> {
         // `rediss://` needs a process-wide TLS crypto provider; installing it
         // twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -398,11 +411,28 @@ impl RedisBackend {
             let settings = info.redis_settings().clone().set_db(db);
             info = info.set_redis_settings(settings);
         }
-        let client = match config.tls.certificates()? {
+        if let Some(protocol) = protocol {
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            info = info.set_redis_settings(settings);
+        }
+        match config.tls.certificates()? {
             Some(certificates) => Client::build_with_tls(info, certificates),
             None => Client::open(info),
         }
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Connects to one server. A bad URL or TLS setting, or refused
+    /// credentials, fail at once; an unreachable server fails only when
+    /// `config.required`, and is otherwise reached in the background.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+        let client = Self::client(config, None)?;
+        let target = redact_url(&config.url);
+        let secrets = url_secrets(&config.url);
+        let invalid = |reason: String| ConnectError::InvalidUrl {
+            url: target.clone(),
+            reason: scrub(&reason, &secrets),
+        };
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
@@ -423,7 +453,7 @@ impl RedisBackend {
         };
         let manager =
             ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| invalid(e.to_string()))?;
-        let backend = Self::new(
+        let store = Self::new(
             Some(Connection::Single(manager)),
             Breakers::single(&target),
             config.command_timeout,
@@ -432,7 +462,7 @@ impl RedisBackend {
         );
         let startup_deadline = config.connect_timeout * 2;
         let first = timeout(startup_deadline, first_contact).await;
-        backend.started(first, startup_deadline, config.required, None)
+        store.started(first, startup_deadline, config.required, None)
     }
 
     /// Connects to a Redis Cluster through its seed nodes, with the same
@@ -461,10 +491,10 @@ impl RedisBackend {
             builder = builder.certs(certificates);
         }
         let client = builder.build().map_err(|e| invalid(e.to_string()))?;
-        let backend = Self::new(None, Breakers::cluster(), config.command_timeout, target, secrets);
+        let store = Self::new(None, Breakers::cluster(), config.command_timeout, target, secrets);
         let startup_deadline = config.connect_timeout * 2;
-        let first = timeout(startup_deadline, backend.shared.connect_cluster(&client)).await;
-        backend.started(first, startup_deadline, config.required, Some(client))
+        let first = timeout(startup_deadline, store.shared.connect_cluster(&client)).await;
+        store.started(first, startup_deadline, config.required, Some(client))
     }
 
     fn new(
@@ -542,15 +572,213 @@ impl RedisBackend {
         Ok(self)
     }
 
-    /// The gauges of this backend's breakers, for `/metrics`.
-    pub fn breaker_gauges(&self) -> &BreakerGauges {
-        self.shared.breakers.gauges()
+    /// Runs one request on a clone of the shared connection, within the
+    /// command deadline, through the breaker of `key`.
+    async fn bounded<T, F, Fut>(&self, key: &str, request: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.bounded_at(self.shared.breakers.index_of(key), request).await
+    }
+
+    /// [`Self::bounded`], through breaker `breaker`: for a request that
+    /// names no key, such as a `SCAN` of one node.
+    async fn bounded_at<T, F, Fut>(&self, breaker: usize, request: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let shared = &*self.shared;
+        let Some(connection) = shared.connection.get() else {
+            return Err(StoreError::Unavailable(format!(
+                "not connected to the Redis Cluster at {} yet",
+                shared.target
+            )));
+        };
+        shared.breakers.admit(breaker)?;
+        match timeout(shared.command_timeout, request(connection.clone())).await {
+            Ok(Ok(value)) => {
+                shared.breakers.succeeded(breaker);
+                Ok(value)
+            }
+            Ok(Err(error)) if is_outage(&error) => {
+                let message = shared.scrub(&error.to_string());
+                shared.breakers.failed(breaker, &message);
+                Err(if error.is_timeout() {
+                    StoreError::Timeout(shared.command_timeout)
+                } else {
+                    StoreError::Unavailable(message)
+                })
+            }
+            Ok(Err(error)) => {
+                shared.breakers.succeeded(breaker);
+                Err(match classify(&error) {
+                    StoreError::Unavailable(why) => StoreError::Unavailable(shared.scrub(&why)),
+                    StoreError::Other(why) => StoreError::Other(shared.scrub(&why)),
+                    StoreError::AccessDenied(why) => StoreError::AccessDenied(shared.scrub(&why)),
+                    other => other,
+                })
+            }
+            Err(_) => {
+                shared.breakers.failed(breaker, "no answer within the command timeout");
+                Err(StoreError::Timeout(shared.command_timeout))
+            }
+        }
+    }
+
+    async fn query<T: FromRedisValue + Send>(&self, key: &str, command: redis::Cmd) -> Result<T, StoreError> {
+        self.bounded(key, |mut c| async move { command.query_async(&mut c).await })
+            .await
+    }
+
+    /// One `SCAN`, on the single server or on the primary serving `slot`.
+    async fn scan_once(
+        &self,
+        breaker: usize,
+        slot: Option<u16>,
+        pattern: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_PAGE_KEYS);
+        self.bounded_at(breaker, |connection| async move {
+            let reply = match (connection, slot) {
+                (Connection::Cluster(mut cluster), Some(slot)) => {
+                    let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                    cluster.route_command(command, RoutingInfo::SingleNode(route)).await?
+                }
+                (mut connection, _) => command.query_async::<Value>(&mut connection).await?,
+            };
+            Ok(redis::from_redis_value(reply)?)
+        })
+        .await
+    }
+
+    /// The first slot each primary of the cluster serves, in order: a
+    /// stable name for the node that the cluster client can route by.
+    async fn primaries_by_first_slot(&self) -> Result<Vec<u16>, StoreError> {
+        let ranges: Vec<Value> = self
+            .bounded_at(0, |connection| async move {
+                let Connection::Cluster(mut cluster) = connection else {
+                    return Err(RedisError::from((
+                        ErrorKind::Client,
+                        "CLUSTER SLOTS on a single server",
+                    )));
+                };
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                let reply = cluster
+                    .route_command(redis::cmd("CLUSTER").arg("SLOTS").to_owned(), route)
+                    .await?;
+                Ok(redis::from_redis_value(reply)?)
+            })
+            .await?;
+        // Each range: start, end, then the primary as [host, port, id, …].
+        let mut first_by_node: std::collections::HashMap<Vec<u8>, u16> = std::collections::HashMap::new();
+        for range in ranges {
+            let Value::Array(fields) = range else { continue };
+            let (Some(Value::Int(start)), Some(Value::Array(primary))) = (fields.first(), fields.get(2)) else {
+                continue;
+            };
+            let Ok(start) = u16::try_from(*start) else { continue };
+            let node = match primary.get(2) {
+                Some(Value::BulkString(id)) => id.clone(),
+                _ => format!("{primary:?}").into_bytes(),
+            };
+            let first = first_by_node.entry(node).or_insert(start);
+            *first = (*first).min(start);
+        }
+        let mut firsts: Vec<u16> = first_by_node.into_values().collect();
+        firsts.sort_unstable();
+        if firsts.is_empty() {
+            return Err(StoreError::Unavailable("the cluster reports no slots served".into()));
+        }
+        Ok(firsts)
+    }
+
+    /// The values of `keys` and their remaining lifetimes (`PTTL`: -1 for
+    /// none, -2 when gone) read over `connection`, in one round trip, with
+    /// the deadline and breaker of any call: `GET` for one key, or `MGET`
+    /// when `many` (as [`Store::get`] and [`Store::get_many`] read them on a
+    /// single server: `MGET` answers nil for a value of another type where
+    /// `GET` fails), then a `PTTL` per key. The near cache reads through here: Redis tracks the
+    /// keys a connection reads, so its tracking connection, not the shared
+    /// one, must send the reads.
+    pub(crate) async fn read_tracked(
+        &self,
+        connection: &MultiplexedConnection,
+        keys: &[&str],
+        many: bool,
+    ) -> Result<Vec<(Option<Vec<u8>>, i64)>, StoreError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let mut pipeline = redis::pipe();
+        // Error replies come back as values, to be told apart (`WRONGTYPE`).
+        pipeline.ignore_errors();
+        match keys {
+            [key] if !many => pipeline.get(key),
+            _ => pipeline.cmd("MGET").arg(keys),
+        };
+        for key in keys {
+            pipeline.pttl(key);
+        }
+        let mut connection = connection.clone();
+        let mut replies: Vec<Value> = self
+            .bounded(first, |_| async move { pipeline.query_async(&mut connection).await })
+            .await?;
+        let unexpected = || StoreError::Other("unexpected reply to a tracked read".into());
+        if let Some(Value::ServerError(error)) = replies.iter().find(|reply| matches!(reply, Value::ServerError(_))) {
+            return Err(classify(&error.clone().into()));
+        }
+        if replies.len() != keys.len() + 1 {
+            return Err(unexpected());
+        }
+        let ttls = replies.split_off(1);
+        let values: Vec<Option<Vec<u8>>> = match (many, replies.pop()) {
+            (false, Some(value)) => vec![FromRedisValue::from_redis_value(value).map_err(|e| classify(&e.into()))?],
+            (_, Some(values)) => FromRedisValue::from_redis_value(values).map_err(|e| classify(&e.into()))?,
+            (_, None) => return Err(unexpected()),
+        };
+        if values.len() != keys.len() {
+            return Err(unexpected());
+        }
+        values
+            .into_iter()
+            .zip(ttls)
+            .map(|(value, ttl)| Ok((value, i64::from_redis_value(ttl).map_err(|e| classify(&e.into()))?)))
+            .collect()
+    }
+
+    async fn invoke<T: FromRedisValue + Send>(
+        &self,
+        key: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.bounded(key, |mut c| async move { invocation.invoke_async(&mut c).await })
+            .await
+    }
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    /// The gauges of this store's breakers, for `/metrics`.
+    fn breaker_gauges(&self) -> BreakerGauges {
+        self.shared.breakers.gauges().clone()
     }
 
     /// Whether Redis can serve: `Ok` with a note, or `Err` with the reason.
     /// A cluster with some slot ranges unreachable still serves the others,
     /// so it is ready, and says so.
-    pub fn readiness(&self) -> Result<String, String> {
+    fn readiness(&self) -> Result<String, String> {
         let shared = &self.shared;
         let target = &shared.target;
         if shared.connection.get().is_none() {
@@ -574,67 +802,8 @@ impl RedisBackend {
         }
     }
 
-    /// Runs one request on a clone of the shared connection, within the
-    /// command deadline, through the breaker of `key`.
-    async fn bounded<T, F, Fut>(&self, key: &str, request: F) -> Result<T, CacheError>
-    where
-        F: FnOnce(Connection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let shared = &*self.shared;
-        let Some(connection) = shared.connection.get() else {
-            return Err(CacheError::Unavailable(format!(
-                "not connected to the Redis Cluster at {} yet",
-                shared.target
-            )));
-        };
-        let breaker = shared.breakers.index_of(key);
-        shared.breakers.admit(breaker)?;
-        match timeout(shared.command_timeout, request(connection.clone())).await {
-            Ok(Ok(value)) => {
-                shared.breakers.succeeded(breaker);
-                Ok(value)
-            }
-            Ok(Err(error)) if is_outage(&error) => {
-                let message = shared.scrub(&error.to_string());
-                shared.breakers.failed(breaker, &message);
-                Err(if error.is_timeout() {
-                    CacheError::Timeout(shared.command_timeout)
-                } else {
-                    CacheError::Unavailable(message)
-                })
-            }
-            Ok(Err(error)) => {
-                shared.breakers.succeeded(breaker);
-                Err(match classify(&error) {
-                    CacheError::Unavailable(why) => CacheError::Unavailable(shared.scrub(&why)),
-                    CacheError::Other(why) => CacheError::Other(shared.scrub(&why)),
-                    other => other,
-                })
-            }
-            Err(_) => {
-                shared.breakers.failed(breaker, "no answer within the command timeout");
-                Err(CacheError::Timeout(shared.command_timeout))
-            }
-        }
-    }
-
-    async fn query<T: FromRedisValue + Send>(&self, key: &str, command: redis::Cmd) -> Result<T, CacheError> {
-        self.bounded(key, |mut c| async move { command.query_async(&mut c).await })
-            .await
-    }
-
-    async fn invoke<T: FromRedisValue + Send>(
-        &self,
-        key: &str,
-        invocation: ScriptInvocation<'_>,
-    ) -> Result<T, CacheError> {
-        self.bounded(key, |mut c| async move { invocation.invoke_async(&mut c).await })
-            .await
-    }
-
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        self.query(key, redis::Cmd::get(key)).await
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { self.query(key, redis::Cmd::get(key)).await })
     }
 
     /// One `MGET`, one round trip, on a single server. On a cluster, keys
@@ -642,114 +811,210 @@ impl RedisBackend {
     /// must stay in one): one `GET` per key, all in flight at once, each
     /// routed by the cluster client, so the call still costs about one round
     /// trip.
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        match keys {
-            [] => Ok(Vec::new()),
-            _ if self.shared.cluster => try_join_all(keys.iter().map(|key| self.get(key))).await,
-            [first, ..] => self.query(first, redis::cmd("MGET").arg(keys).to_owned()).await,
-        }
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            match keys {
+                [] => Ok(Vec::new()),
+                _ if self.shared.cluster => try_join_all(keys.iter().map(|key| self.get(key))).await,
+                [first, ..] => self.query(first, redis::cmd("MGET").arg(keys).to_owned()).await,
+            }
+        })
     }
 
-    pub async fn set(
-        &self,
-        key: &str,
-        value: &[u8],
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
         ttl: Option<u64>,
         only_if_absent: bool,
-    ) -> Result<bool, CacheError> {
-        let mut command = redis::cmd("SET");
-        command.arg(key).arg(value);
-        if let Some(ttl) = ttl {
-            command.arg("EX").arg(ttl);
-        }
-        if only_if_absent {
-            command.arg("NX");
-        }
-        let reply: Value = self.query(key, command).await?;
-        Ok(!matches!(reply, Value::Nil))
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut command = redis::cmd("SET");
+            command.arg(key).arg(value);
+            if let Some(ttl) = ttl {
+                command.arg("EX").arg(ttl);
+            }
+            if only_if_absent {
+                command.arg("NX");
+            }
+            let reply: Value = self.query(key, command).await?;
+            Ok(!matches!(reply, Value::Nil))
+        })
     }
 
     /// One `DEL`; on a cluster, one per key, all in flight at once (see
     /// [`Self::get_many`]).
-    pub async fn delete(&self, keys: &[String]) -> Result<u32, CacheError> {
-        match keys {
-            [] => Ok(0),
-            _ if self.shared.cluster => {
-                let deleted = try_join_all(keys.iter().map(|key| self.query::<u32>(key, redis::Cmd::del(key)))).await?;
-                Ok(deleted.into_iter().sum())
+    fn delete<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, u32> {
+        Box::pin(async move {
+            match keys {
+                [] => Ok(0),
+                _ if self.shared.cluster => {
+                    let deleted =
+                        try_join_all(keys.iter().map(|key| self.query::<u32>(key, redis::Cmd::del(key)))).await?;
+                    Ok(deleted.into_iter().sum())
+                }
+                [first, ..] => self.query(first, redis::Cmd::del(keys)).await,
             }
-            [first, ..] => self.query(first, redis::Cmd::del(keys)).await,
-        }
-    }
-
-    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
-        self.query(key, redis::Cmd::exists(key)).await
-    }
-
-    pub async fn expire(&self, key: &str, ttl: u64) -> Result<bool, CacheError> {
-        self.query(key, redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned()).await
-    }
-
-    pub async fn ttl(&self, key: &str) -> Result<Ttl, CacheError> {
-        let millis: i64 = self.query(key, redis::Cmd::pttl(key)).await?;
-        Ok(match millis {
-            -2 => Ttl::Missing,
-            -1 => Ttl::Persistent,
-            millis => Ttl::ExpiresIn(millis.max(1).unsigned_abs().div_ceil(1000)),
         })
     }
 
-    pub async fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-        let mut invocation = self.shared.scripts.incr_by.key(key);
-        invocation.arg(delta).arg(ttl_if_new);
-        self.invoke(key, invocation).await
+    fn exists<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { self.query(key, redis::Cmd::exists(key)).await })
     }
 
-    pub async fn incr_by_bounded(
-        &self,
-        key: &str,
+    fn expire<'a>(&'a self, key: &'a str, ttl: u64) -> StoreFuture<'a, bool> {
+        Box::pin(async move { self.query(key, redis::cmd("EXPIRE").arg(key).arg(ttl).to_owned()).await })
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Ttl> {
+        Box::pin(async move {
+            let millis: i64 = self.query(key, redis::Cmd::pttl(key)).await?;
+            Ok(match millis {
+                -2 => Ttl::Missing,
+                -1 => Ttl::Persistent,
+                millis => Ttl::ExpiresIn(millis.max(1).unsigned_abs().div_ceil(1000)),
+            })
+        })
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl_if_new: u64) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.incr_by.key(key);
+            invocation.arg(delta).arg(ttl_if_new);
+            self.invoke(key, invocation).await
+        })
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, delta: i64) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            self.query(key, redis::cmd("INCRBY").arg(key).arg(delta).to_owned())
+                .await
+        })
+    }
+
+    /// `SCAN` with `MATCH` on the prefix (glob characters escaped). On a
+    /// cluster, each primary is scanned in turn, in the order of the first
+    /// slot it serves, each `SCAN` routed to it by that slot; the cursor
+    /// holds that slot and the node's own cursor. A failover or resharding
+    /// during a scan may list some keys twice or skip keys that moved.
+    fn scan_prefix<'a>(&'a self, prefix: &'a str, cursor: u64) -> StoreFuture<'a, KeyPage> {
+        Box::pin(async move {
+            let pattern = format!("{}*", glob_escape(prefix));
+            let mut keys = Vec::new();
+            let mut seen = HashSet::new();
+            let mut add = |found: Vec<Vec<u8>>, keys: &mut Vec<String>| {
+                // Keys that are not UTF-8 were not written through this host,
+                // and a guest could not name them.
+                for key in found.into_iter().filter_map(|key| String::from_utf8(key).ok()) {
+                    if seen.insert(key.clone()) {
+                        keys.push(key);
+                    }
+                }
+            };
+            if !self.shared.cluster {
+                let mut cursor = cursor;
+                for _ in 0..MAX_SCANS_PER_PAGE {
+                    let (next, found) = self.scan_once(0, None, &pattern, cursor).await?;
+                    add(found, &mut keys);
+                    cursor = next;
+                    if cursor == 0 || keys.len() >= SCAN_PAGE_KEYS {
+                        break;
+                    }
+                }
+                return Ok(KeyPage {
+                    keys,
+                    cursor: (cursor != 0).then_some(cursor),
+                });
+            }
+            let firsts = self.primaries_by_first_slot().await?;
+            let mut node_slot = u16::try_from(cursor >> NODE_CURSOR_BITS).unwrap_or(u16::MAX);
+            let mut node_cursor = cursor & ((1 << NODE_CURSOR_BITS) - 1);
+            // The node of the cursor, or (the topology changed) the next one.
+            let Some(mut node) = firsts.iter().position(|&first| first >= node_slot) else {
+                return Ok(KeyPage { keys, cursor: None });
+            };
+            if firsts[node] != node_slot {
+                node_cursor = 0;
+            }
+            for _ in 0..MAX_SCANS_PER_PAGE {
+                node_slot = firsts[node];
+                let breaker = self.shared.breakers.index_of_slot(node_slot);
+                let (next, found) = self.scan_once(breaker, Some(node_slot), &pattern, node_cursor).await?;
+                add(found, &mut keys);
+                node_cursor = next;
+                if node_cursor == 0 {
+                    node += 1;
+                    if node == firsts.len() {
+                        return Ok(KeyPage { keys, cursor: None });
+                    }
+                }
+                if keys.len() >= SCAN_PAGE_KEYS {
+                    break;
+                }
+            }
+            if node_cursor >= 1 << NODE_CURSOR_BITS {
+                return Err(StoreError::Other(format!(
+                    "a cluster node's SCAN cursor {node_cursor} does not fit in {NODE_CURSOR_BITS} bits"
+                )));
+            }
+            Ok(KeyPage {
+                keys,
+                cursor: Some(u64::from(firsts[node]) << NODE_CURSOR_BITS | node_cursor),
+            })
+        })
+    }
+
+    fn incr_by_bounded<'a>(
+        &'a self,
+        key: &'a str,
         delta: i64,
         ttl_if_new: u64,
         max: i64,
-    ) -> Result<BoundedIncr, CacheError> {
-        let mut invocation = self.shared.scripts.incr_by_bounded.key(key);
-        invocation.arg(delta).arg(ttl_if_new).arg(max);
-        let (applied, value): (i64, i64) = self.invoke(key, invocation).await?;
-        Ok(BoundedIncr {
-            applied: applied == 1,
-            value,
+    ) -> StoreFuture<'a, BoundedIncr> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.incr_by_bounded.key(key);
+            invocation.arg(delta).arg(ttl_if_new).arg(max);
+            let (applied, value): (i64, i64) = self.invoke(key, invocation).await?;
+            Ok(BoundedIncr {
+                applied: applied == 1,
+                value,
+            })
         })
     }
 
-    pub async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: &[u8],
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: &'a [u8],
         ttl: Option<u64>,
-    ) -> Result<CasOutcome, CacheError> {
-        let mut invocation = self.shared.scripts.compare_and_swap.key(key);
-        invocation
-            .arg(if expected.is_some() { "1" } else { "0" })
-            .arg(expected.unwrap_or_default())
-            .arg(new)
-            .arg(ttl.unwrap_or(0));
-        let reply: Vec<Value> = self.invoke(key, invocation).await?;
-        match reply.as_slice() {
-            [Value::Int(1)] => Ok(CasOutcome::Swapped),
-            [Value::Int(0)] => Ok(CasOutcome::Conflict(None)),
-            [Value::Int(0), Value::BulkString(current)] => Ok(CasOutcome::Conflict(Some(current.clone()))),
-            other => Err(CacheError::Other(format!(
-                "unexpected compare-and-swap reply {other:?}"
-            ))),
-        }
+    ) -> StoreFuture<'a, CasOutcome> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.compare_and_swap.key(key);
+            invocation
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(new)
+                .arg(ttl.unwrap_or(0));
+            let reply: Vec<Value> = self.invoke(key, invocation).await?;
+            match reply.as_slice() {
+                [Value::Int(1)] => Ok(CasOutcome::Swapped),
+                [Value::Int(0)] => Ok(CasOutcome::Conflict(None)),
+                [Value::Int(0), Value::BulkString(current)] => Ok(CasOutcome::Conflict(Some(current.clone()))),
+                other => Err(StoreError::Other(format!(
+                    "unexpected compare-and-swap reply {other:?}"
+                ))),
+            }
+        })
     }
 
-    pub async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
-        let mut invocation = self.shared.scripts.compare_and_delete.key(key);
-        invocation.arg(expected);
-        let deleted: i64 = self.invoke(key, invocation).await?;
-        Ok(deleted == 1)
+    fn compare_and_delete<'a>(&'a self, key: &'a str, expected: &'a [u8]) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut invocation = self.shared.scripts.compare_and_delete.key(key);
+            invocation.arg(expected);
+            let deleted: i64 = self.invoke(key, invocation).await?;
+            Ok(deleted == 1)
+        })
     }
 }
 
@@ -793,8 +1058,8 @@ impl Shared {
     }
 }
 
-/// The background task of a backend: reaches a cluster that was not
-/// reachable at start, and probes open breakers. It ends with the backend.
+/// The background task of a store: reaches a cluster that was not
+/// reachable at start, and probes open breakers. It ends with the store.
 async fn supervise(shared: Weak<Shared>, cluster_client: Option<ClusterClient>) {
     let mut tick = tokio::time::interval(SUPERVISOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -840,14 +1105,26 @@ async fn supervise(shared: Weak<Shared>, cluster_client: Option<ClusterClient>) 
     }
 }
 
+/// `text` as a `SCAN MATCH` pattern that matches it literally.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// Maps a Redis error to what the guest can act on. Connection-level problems
 /// are `Unavailable`; the message never contains credentials.
-fn classify(error: &RedisError) -> CacheError {
+fn classify(error: &RedisError) -> StoreError {
     if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {
-        return CacheError::Unavailable(error.to_string());
+        return StoreError::Unavailable(error.to_string());
     }
     match error.kind() {
-        ErrorKind::AuthenticationFailed => CacheError::Unavailable("authentication failed".into()),
+        ErrorKind::AuthenticationFailed => StoreError::Unavailable("authentication failed".into()),
         ErrorKind::ClusterConnectionNotFound
         | ErrorKind::Server(
             ServerErrorKind::BusyLoading
@@ -855,20 +1132,26 @@ fn classify(error: &RedisError) -> CacheError {
             | ServerErrorKind::MasterDown
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ReadOnly,
-        ) => CacheError::Unavailable(error.to_string()),
-        ErrorKind::Server(ServerErrorKind::NoPerm) => CacheError::Unavailable(format!("permission denied: {error}")),
-        _ if error.code() == Some("WRONGTYPE") => CacheError::WrongType,
-        _ if error.detail().is_some_and(|d| d.contains("not an integer")) => CacheError::WrongType,
+        ) => StoreError::Unavailable(error.to_string()),
+        ErrorKind::Server(ServerErrorKind::NoPerm) => StoreError::AccessDenied(error.to_string()),
+        _ if error.code() == Some("WRONGTYPE") => StoreError::WrongType,
+        _ if error.detail().is_some_and(|d| d.contains("not an integer")) => StoreError::WrongType,
         _ if error.detail().is_some_and(|d| d.contains("overflow")) => {
-            CacheError::InvalidArgument("increment would overflow".into())
+            StoreError::InvalidArgument("increment would overflow".into())
         }
-        _ => CacheError::Other(error.to_string()),
+        _ => StoreError::Other(error.to_string()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_patterns_match_the_prefix_literally() {
+        assert_eq!(glob_escape("ns:kv:notes:"), "ns:kv:notes:");
+        assert_eq!(glob_escape(r"a*b?c[d]e\f^g-h"), r"a\*b\?c\[d\]e\\f\^g\-h");
+    }
 
     #[test]
     fn passwords_are_redacted() {

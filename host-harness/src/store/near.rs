@@ -1,0 +1,634 @@
+//! The near cache: values recently read from Redis, kept in the harness and
+//! served from there (`--near-cache SIZE`), coherent through Redis'
+//! server-assisted client-side caching.
+//!
+//! Reads that miss go to Redis over a tracking connection of the near
+//! cache's own: RESP3, `CLIENT TRACKING ON` in the default mode, so Redis
+//! remembers which keys this connection read and pushes an `invalidate`
+//! message on it when any client changes one of them (or a `null` one on
+//! `FLUSHALL` / `FLUSHDB`). Broadcast mode is not used: it would push
+//! every rate-limit counter update to every harness. The rest of the
+//! traffic keeps to the shared connection of [`RedisStore`].
+//!
+//! What a client of the harness sees:
+//! - `get` and `get-many` (each key) are answered from the near cache when
+//!   it holds the key; everything else goes to Redis.
+//! - A write by another client is seen once its invalidation has reached
+//!   this harness: Redis queues it when the write executes and sends it
+//!   with the writer's answer, so the bound is its one-way trip here.
+//! - A write through this harness invalidates its key here when Redis
+//!   answers it, so the harness reads its own writes.
+//! - Only values are kept, not absences, and only values of at most
+//!   [`NearCacheConfig::max_value_bytes`]; a value expires here no later
+//!   than in Redis (its `PTTL` counted from before the read was sent).
+//! - While the tracking connection is down, nothing is served from the
+//!   near cache, and it is emptied when the connection is lost and again
+//!   before it serves on a new one: a Redis restart leaves nothing stale.
+//!   A connection that stops answering without closing is found by a
+//!   `PING` every [`HEARTBEAT`]; until then (at most that and the command
+//!   timeout) its values are served as they were.
+//!
+//! Redis Cluster is not supported: tracking would need a connection per
+//! node, following slot migrations; `--near-cache` with a cluster is a
+//! startup error.
+
+use super::breaker::BreakerGauges;
+use super::redis::{ConnectError, RedisConfig, RedisStore};
+use super::{BoundedIncr, CasOutcome, KeyPage, Store, StoreError, StoreFuture, Ttl};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::time::timeout;
+
+/// How often an idle tracking connection is checked with a `PING`.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Shards of the invalidation generations: more shards, fewer fills
+/// skipped because another key of the shard changed meanwhile.
+const SHARDS: usize = 256;
+
+/// Bookkeeping bytes counted per entry on top of key and value.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Waits before reconnecting the tracking connection: the first, doubled
+/// after each failure up to the last.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The largest value kept, whatever the size: larger ones cost Redis one
+/// round trip less than their transfer.
+const MAX_VALUE_BYTES: u64 = 1 << 20;
+
+/// How large the near cache is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NearCacheConfig {
+    /// Keys, values and bookkeeping, in bytes.
+    pub max_bytes: u64,
+    /// Values larger than this are not kept.
+    pub max_value_bytes: usize,
+}
+
+impl NearCacheConfig {
+    /// A near cache of `max_bytes`, keeping values of up to a 64th of it
+    /// (at most 1 MiB), so that a few large values cannot push out the many
+    /// hot small ones.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            max_value_bytes: usize::try_from((max_bytes / 64).min(MAX_VALUE_BYTES)).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    bytes: Arc<[u8]>,
+    expires_at: Option<Instant>,
+}
+
+/// What `/metrics` shows of the near cache.
+#[derive(Clone, Debug, Default)]
+struct NearCacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    /// Keys Redis invalidated.
+    invalidations: Counter,
+    /// Times it was emptied: a flush in Redis, a lost or new connection.
+    flushes: Counter,
+    bytes: Gauge,
+    entries: Gauge,
+}
+
+/// Redis with a near cache in front of its reads. See the module.
+pub struct NearCache {
+    redis: RedisStore,
+    near: Arc<Near>,
+}
+
+/// The near cache's state, shared with its tracking task and the push
+/// sender of its connection.
+struct Near {
+    entries: moka::sync::Cache<String, Entry>,
+    /// Per shard of keys, how many invalidations it has seen: a read
+    /// keeps its value only if its shard saw none while it was in flight.
+    generations: Box<[Mutex<u64>]>,
+    /// Whether a tracking connection is up: hits are served only then.
+    serving: AtomicBool,
+    tracking: RwLock<Option<Tracking>>,
+    max_value_bytes: usize,
+    metrics: NearCacheMetrics,
+}
+
+/// The connection Redis tracks reads on, and which one it is.
+struct Tracking {
+    id: u64,
+    connection: MultiplexedConnection,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// FNV-1a: cheap, and a key's shard needs no secret (a guest that crowds
+/// one shard only makes its own fills skip more often).
+fn shard_of(key: &[u8]) -> usize {
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % SHARDS as u64) as usize
+}
+
+impl Near {
+    fn new(config: NearCacheConfig) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(key.len() + entry.bytes.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .build();
+        Self {
+            entries,
+            generations: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
+            serving: AtomicBool::new(false),
+            tracking: RwLock::new(None),
+            max_value_bytes: config.max_value_bytes,
+            metrics: NearCacheMetrics::default(),
+        }
+    }
+
+    fn lookup(&self, key: &str, now: Instant) -> Option<Vec<u8>> {
+        if !self.serving.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.entries.get(key)?;
+        if entry.expires_at.is_some_and(|at| at <= now) {
+            return None;
+        }
+        Some(entry.bytes.to_vec())
+    }
+
+    /// The tracking connection, while it is up.
+    fn connection(&self) -> Option<MultiplexedConnection> {
+        if !self.serving.load(Ordering::Acquire) {
+            return None;
+        }
+        let tracking = self.tracking.read().unwrap_or_else(PoisonError::into_inner);
+        tracking.as_ref().map(|tracking| tracking.connection.clone())
+    }
+
+    fn generation(&self, key: &str) -> u64 {
+        *lock(&self.generations[shard_of(key.as_bytes())])
+    }
+
+    /// Keeps `value`, read from Redis for `key` when its shard was at
+    /// `generation`, unless something invalidated the shard since.
+    ///
+    /// Why no value read before a write can be kept after that write's
+    /// invalidation: the read went out on the tracking connection after
+    /// `generation` was taken. If the write ran after the read in Redis,
+    /// Redis sends its invalidation on the same connection after the
+    /// read's reply, and the connection's reader hands both over in that
+    /// order; the invalidation ([`Self::invalidate`]) bumps the shard's
+    /// generation and removes the key under the shard's lock, which this
+    /// insert holds too. So either this insert comes first and the
+    /// invalidation removes what it kept, or the invalidation comes first
+    /// and this insert sees a newer generation and keeps nothing. A write
+    /// through this harness invalidates after Redis answered it, with the
+    /// same effect for reads in flight; a flush or a lost connection bumps
+    /// every shard and clears `serving` ([`Self::flush`], [`Self::suspend`]).
+    fn keep(&self, key: &str, generation: u64, value: &[u8], pttl: i64, sent_at: Instant) {
+        if value.len() > self.max_value_bytes {
+            return;
+        }
+        let expires_at = match pttl {
+            -1 => None,
+            // Counted from before the read was sent: never later than Redis.
+            millis if millis > 0 => Some(sent_at + Duration::from_millis(millis.unsigned_abs())),
+            // Expired or gone between GET and PTTL: an invalidation follows.
+            _ => return,
+        };
+        let entry = Entry {
+            bytes: value.into(),
+            expires_at,
+        };
+        let shard = lock(&self.generations[shard_of(key.as_bytes())]);
+        if *shard == generation && self.serving.load(Ordering::Acquire) {
+            self.entries.insert(key.to_owned(), entry);
+        }
+        drop(shard);
+        self.update_gauges();
+    }
+
+    /// Forgets `key`, and makes reads of it in flight keep nothing.
+    fn invalidate(&self, key: &[u8]) {
+        let mut shard = lock(&self.generations[shard_of(key)]);
+        *shard += 1;
+        let removed = std::str::from_utf8(key)
+            .ok()
+            .and_then(|key| self.entries.remove(key))
+            .is_some();
+        drop(shard);
+        if removed {
+            self.update_gauges();
+        }
+    }
+
+    /// Forgets everything, and makes every read in flight keep nothing.
+    fn flush(&self) {
+        // Every shard, in order (the only place that takes more than one).
+        let mut shards: Vec<MutexGuard<'_, u64>> = self.generations.iter().map(lock).collect();
+        for shard in &mut shards {
+            **shard += 1;
+        }
+        self.entries.invalidate_all();
+        drop(shards);
+        self.metrics.flushes.inc();
+        self.update_gauges();
+    }
+
+    /// An invalidation message from Redis: the keys, or `null` for all.
+    fn invalidated(&self, data: &[Value]) {
+        match data.first() {
+            Some(Value::Array(keys)) => {
+                for key in keys {
+                    if let Value::BulkString(key) = key {
+                        self.invalidate(key);
+                        self.metrics.invalidations.inc();
+                    }
+                }
+            }
+            _ => self.flush(),
+        }
+    }
+
+    /// Serves again, on a new tracking connection: emptied first, since
+    /// what was kept may have changed while nothing was tracked.
+    fn resume(&self, tracking: Tracking) {
+        self.flush();
+        *self.tracking.write().unwrap_or_else(PoisonError::into_inner) = Some(tracking);
+        self.serving.store(true, Ordering::Release);
+    }
+
+    /// Stops serving, if connection `id` is the one in use: from now on
+    /// invalidations may be missed.
+    fn suspend(&self, id: u64) {
+        let mut tracking = self.tracking.write().unwrap_or_else(PoisonError::into_inner);
+        if tracking.as_ref().is_none_or(|tracking| tracking.id != id) {
+            return;
+        }
+        self.serving.store(false, Ordering::Release);
+        *tracking = None;
+        drop(tracking);
+        self.flush();
+    }
+
+    fn is_tracking_on(&self, id: u64) -> bool {
+        let tracking = self.tracking.read().unwrap_or_else(PoisonError::into_inner);
+        tracking.as_ref().is_some_and(|tracking| tracking.id == id)
+    }
+
+    /// Called where something was kept or removed, never on a hit: moka
+    /// counts sizes once its pending bookkeeping has run.
+    fn update_gauges(&self) {
+        self.entries.run_pending_tasks();
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.metrics.bytes.set(gauge(self.entries.weighted_size()));
+        self.metrics.entries.set(gauge(self.entries.entry_count()));
+    }
+}
+
+/// Keeps a tracking connection up while the near cache lives: connects,
+/// turns tracking on, serves; when the connection is lost (its reader
+/// reports it) or stops answering the heartbeat, stops serving and
+/// reconnects.
+async fn track(near: Weak<Near>, client: Client, connect_timeout: Duration, command_timeout: Duration) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut id = 0;
+    let mut reported = false;
+    loop {
+        id += 1;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(command_timeout))
+            .set_push_sender(push_sender(near.clone(), id));
+        let connected = timeout(connect_timeout + command_timeout, async {
+            let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async::<()>(&mut connection)
+                .await?;
+            Ok::<_, RedisError>(connection)
+        })
+        .await;
+        let Some(shared) = near.upgrade() else { return };
+        match connected {
+            Ok(Ok(connection)) => {
+                shared.resume(Tracking { id, connection });
+                drop(shared);
+                tracing::info!(target: "edge_cache::near_cache", "near cache serving: Redis tracks its reads");
+                backoff = FIRST_BACKOFF;
+                reported = false;
+                watch(&near, id, command_timeout).await;
+                if near.strong_count() == 0 {
+                    return;
+                }
+                tracing::warn!(
+                    target: "edge_cache::near_cache",
+                    "near cache emptied and off: its tracking connection to Redis was lost; reconnecting"
+                );
+            }
+            failure => {
+                drop(shared);
+                if !reported {
+                    let error = match failure {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "no answer in time".to_owned(),
+                    };
+                    tracing::warn!(
+                        target: "edge_cache::near_cache",
+                        %error,
+                        "near cache off: no tracking connection to Redis; retrying"
+                    );
+                    reported = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Returns once tracking connection `id` is no longer the one in use, or
+/// the near cache is gone.
+async fn watch(near: &Weak<Near>, id: u64, command_timeout: Duration) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(shared) = near.upgrade() else { return };
+        if !shared.is_tracking_on(id) {
+            return;
+        }
+        let Some(mut connection) = shared.connection() else {
+            return;
+        };
+        drop(shared);
+        let answered = timeout(
+            command_timeout,
+            redis::cmd("PING").query_async::<Value>(&mut connection),
+        )
+        .await;
+        if !matches!(answered, Ok(Ok(_))) {
+            if let Some(shared) = near.upgrade() {
+                shared.suspend(id);
+            }
+            return;
+        }
+    }
+}
+
+/// What the reader of connection `id` calls with every push message, in
+/// the order they arrive, interleaved with the replies it hands over.
+fn push_sender(near: Weak<Near>, id: u64) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+    move |push: PushInfo| {
+        let Some(near) = near.upgrade() else { return Err(()) };
+        match push.kind {
+            PushKind::Invalidate => near.invalidated(&push.data),
+            PushKind::Disconnection => near.suspend(id),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl NearCache {
+    /// Connects to Redis as [`RedisStore::connect`] does, and opens the
+    /// tracking connection in the background; when Redis answered, waits
+    /// for it as long as a first contact may take, so that a harness
+    /// started on a reachable Redis serves from the near cache at once.
+    pub async fn connect(config: &RedisConfig, near: NearCacheConfig) -> Result<Self, ConnectError> {
+        let client = RedisStore::client(config, Some(ProtocolVersion::RESP3))?;
+        let redis = RedisStore::connect(config).await?;
+        let near = Arc::new(Near::new(near));
+        tokio::spawn(track(
+            Arc::downgrade(&near),
+            client,
+            config.connect_timeout,
+            config.command_timeout,
+        ));
+        // An unreachable Redis was already waited for, and reported.
+        let reachable = redis.readiness().is_ok();
+        let deadline = Instant::now() + config.connect_timeout * 2;
+        while reachable && !near.serving.load(Ordering::Acquire) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Self { redis, near })
+    }
+
+    /// Whether the near cache serves (its tracking connection is up).
+    pub fn is_serving(&self) -> bool {
+        self.near.serving.load(Ordering::Acquire)
+    }
+
+    /// Waits until every invalidation Redis sent before this call has been
+    /// applied: a `PING` on the tracking connection, whose reply follows
+    /// them on the wire. `false` when there is no tracking connection (then
+    /// nothing is served from the near cache).
+    pub async fn caught_up(&self) -> bool {
+        let Some(mut connection) = self.near.connection() else {
+            return false;
+        };
+        redis::cmd("PING").query_async::<Value>(&mut connection).await.is_ok()
+    }
+
+    /// Runs a write, then invalidates what it wrote, whatever the outcome:
+    /// a write that timed out may still have been applied.
+    async fn written<T>(
+        &self,
+        keys: impl IntoIterator<Item = &str>,
+        write: StoreFuture<'_, T>,
+    ) -> Result<T, StoreError> {
+        let outcome = write.await;
+        for key in keys {
+            self.near.invalidate(key.as_bytes());
+        }
+        outcome
+    }
+
+    /// Reads `keys` from Redis over the tracking connection, as `get`
+    /// (one key) or `get-many` (`many`) would, and keeps what may be kept;
+    /// over the shared connection, keeping nothing, while there is no
+    /// tracking connection.
+    async fn read_through(&self, keys: &[&str], many: bool) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let Some(connection) = self.near.connection() else {
+            if let ([key], false) = (keys, many) {
+                return Ok(vec![self.redis.get(key).await?]);
+            }
+            let keys: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
+            return self.redis.get_many(&keys).await;
+        };
+        let generations: Vec<u64> = keys.iter().map(|key| self.near.generation(key)).collect();
+        let sent_at = Instant::now();
+        let read = self.redis.read_tracked(&connection, keys, many).await?;
+        Ok(keys
+            .iter()
+            .zip(generations)
+            .zip(read)
+            .map(|((key, generation), (value, pttl))| {
+                if let Some(value) = &value {
+                    self.near.keep(key, generation, value, pttl, sent_at);
+                }
+                value
+            })
+            .collect())
+    }
+}
+
+impl Store for NearCache {
+    fn kind(&self) -> &'static str {
+        "redis-near-cache"
+    }
+
+    fn readiness(&self) -> Result<String, String> {
+        let redis = self.redis.readiness()?;
+        Ok(match self.is_serving() {
+            true => format!("{redis}; the near cache serves"),
+            false => format!("{redis}; the near cache is off until its tracking connection is back"),
+        })
+    }
+
+    fn breaker_gauges(&self) -> BreakerGauges {
+        self.redis.breaker_gauges()
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        let metrics = &self.near.metrics;
+        registry.register(
+            "near_cache_hits",
+            "Reads answered from the near cache",
+            metrics.hits.clone(),
+        );
+        registry.register(
+            "near_cache_misses",
+            "Reads the near cache could not answer (sent to Redis)",
+            metrics.misses.clone(),
+        );
+        registry.register(
+            "near_cache_invalidations",
+            "Keys Redis invalidated in the near cache",
+            metrics.invalidations.clone(),
+        );
+        registry.register(
+            "near_cache_flushes",
+            "Times the near cache was emptied (a flush in Redis, a lost or new tracking connection)",
+            metrics.flushes.clone(),
+        );
+        registry.register(
+            "near_cache_bytes",
+            "Bytes held by the near cache (keys, values, bookkeeping)",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "near_cache_entries",
+            "Values held by the near cache",
+            metrics.entries.clone(),
+        );
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            if let Some(value) = self.near.lookup(key, Instant::now()) {
+                self.near.metrics.hits.inc();
+                return Ok(Some(value));
+            }
+            self.near.metrics.misses.inc();
+            let mut values = self.read_through(&[key], false).await?;
+            Ok(values.pop().flatten())
+        })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let mut values: Vec<Option<Vec<u8>>> = keys.iter().map(|key| self.near.lookup(key, now)).collect();
+            let missing: Vec<usize> = (0..keys.len()).filter(|&index| values[index].is_none()).collect();
+            self.near.metrics.hits.inc_by((keys.len() - missing.len()) as u64);
+            self.near.metrics.misses.inc_by(missing.len() as u64);
+            if missing.is_empty() {
+                return Ok(values);
+            }
+            let names: Vec<&str> = missing.iter().map(|&index| keys[index].as_str()).collect();
+            let read = self.read_through(&names, true).await?;
+            for (index, value) in missing.into_iter().zip(read) {
+                values[index] = value;
+            }
+            Ok(values)
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<u64>,
+        only_if_absent: bool,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(self.written([key], self.redis.set(key, value, ttl, only_if_absent)))
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, u32> {
+        Box::pin(self.written(keys.iter().map(String::as_str), self.redis.delete(keys)))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        self.redis.exists(key)
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: u64) -> StoreFuture<'a, bool> {
+        Box::pin(self.written([key], self.redis.expire(key, ttl)))
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Ttl> {
+        self.redis.ttl(key)
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl_if_new: u64) -> StoreFuture<'a, i64> {
+        Box::pin(self.written([key], self.redis.incr_by(key, delta, ttl_if_new)))
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, delta: i64) -> StoreFuture<'a, i64> {
+        Box::pin(self.written([key], self.redis.incr(key, delta)))
+    }
+
+    fn scan_prefix<'a>(&'a self, prefix: &'a str, cursor: u64) -> StoreFuture<'a, KeyPage> {
+        self.redis.scan_prefix(prefix, cursor)
+    }
+
+    fn incr_by_bounded<'a>(
+        &'a self,
+        key: &'a str,
+        delta: i64,
+        ttl_if_new: u64,
+        max: i64,
+    ) -> StoreFuture<'a, BoundedIncr> {
+        Box::pin(self.written([key], self.redis.incr_by_bounded(key, delta, ttl_if_new, max)))
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: &'a [u8],
+        ttl: Option<u64>,
+    ) -> StoreFuture<'a, CasOutcome> {
+        Box::pin(self.written([key], self.redis.compare_and_swap(key, expected, new, ttl)))
+    }
+
+    fn compare_and_delete<'a>(&'a self, key: &'a str, expected: &'a [u8]) -> StoreFuture<'a, bool> {
+        Box::pin(self.written([key], self.redis.compare_and_delete(key, expected)))
+    }
+}
