@@ -9,6 +9,7 @@ mod bindings {
         with: {
             "edge:cache/cache@0.1.0": edge_cache_sdk::wit::edge::cache::cache,
             "edge:cache/telemetry@0.1.0": edge_cache_sdk::wit::edge::cache::telemetry,
+            "edge:cache/penalty-box@0.1.0": edge_cache_sdk::wit::edge::cache::penalty_box,
             "wasi:random/random@0.2.12": edge_cache_sdk::wit::wasi::random::random,
             "wasi:http/types@0.2.12": edge_cache_sdk::wit::wasi::http::types,
             "wasi:io/error@0.2.12": edge_cache_sdk::wit::wasi::io::error,
@@ -166,17 +167,17 @@ impl wit_rate_limit::Guest for EdgeFunction {
         policy: wit_rate_limit::Policy,
         cost: u32,
     ) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
-        let decision = rate_limit::check(&Host, &key, &policy.into(), cost, Host.now_ms())?;
+        let decision = rate_limit::check(&Host, &Host, &key, &policy.into(), cost, Host.now_ms())?;
         Host.report(&decision);
         Ok(decision.into())
     }
 
     fn peek(key: String, policy: wit_rate_limit::Policy) -> Result<wit_rate_limit::Decision, wit_rate_limit::Error> {
-        Ok(rate_limit::peek(&Host, &key, &policy.into(), Host.now_ms())?.into())
+        Ok(rate_limit::peek(&Host, &Host, &key, &policy.into(), Host.now_ms())?.into())
     }
 
     fn reset(key: String, policy: wit_rate_limit::Policy) -> Result<(), wit_rate_limit::Error> {
-        Ok(rate_limit::reset(&Host, &key, &policy.into(), Host.now_ms())?)
+        Ok(rate_limit::reset(&Host, &Host, &key, &policy.into(), Host.now_ms())?)
     }
 }
 
@@ -187,7 +188,7 @@ impl incoming_handler::Guest for EdgeFunction {
             edge_cache_sdk::http::read_request(request, |method| (method == "PUT").then_some(http::MAX_BODY_BYTES));
         let response = match config() {
             Ok(config) => {
-                let (response, decision) = http::handle(&request, &Host, &HostOrigin, &Host, config);
+                let (response, decision) = http::handle(&request, &Host, &Host, &HostOrigin, &Host, config);
                 if let Some(decision) = &decision {
                     Host.report(decision);
                 }

@@ -11,7 +11,7 @@ use crate::origin::Origin;
 use crate::profiles::{ProfileError, Profiles};
 use edge_cache_contract::config::{CallerClass, Config, Route};
 use edge_cache_sdk::rate_limit::{self, Decision, DegradedReason};
-use edge_cache_sdk::{Cache, Clock, Source};
+use edge_cache_sdk::{Cache, Clock, PenaltyBox, Source};
 
 pub use edge_cache_contract::{API_KEY_HEADER, CLIENT_IP_HEADER};
 pub use edge_cache_sdk::http::{Body, Request, Response};
@@ -44,13 +44,14 @@ fn route_of(request: &Request) -> Route {
 pub fn handle(
     request: &Request,
     cache: &impl Cache,
+    penalty_box: &impl PenaltyBox,
     origin: &impl Origin,
     clock: &impl Clock,
     config: &Config,
 ) -> (Response, Option<Decision>) {
     let (caller, class) = caller(request);
     let policy = config.policy_for(route_of(request), class);
-    let decision = match rate_limit::check(cache, &caller, policy, 1, clock.now_ms()) {
+    let decision = match rate_limit::check(cache, penalty_box, &caller, policy, 1, clock.now_ms()) {
         Ok(decision) => decision,
         Err(error) => {
             let detail = format!("the rate limit policy cannot be applied: {error:?}");
@@ -163,7 +164,7 @@ mod tests {
     use super::*;
     use crate::origin::memory::MemoryOrigin;
     use edge_cache_sdk::CacheError;
-    use edge_cache_sdk::testing::MemoryCache;
+    use edge_cache_sdk::testing::{Forgetful, MemoryBox, MemoryCache};
 
     const ALICE: &str = r#"{"id":"alice"}"#;
 
@@ -180,7 +181,7 @@ mod tests {
     }
 
     fn serve(cache: &MemoryCache, origin: &MemoryOrigin, request: &Request) -> Response {
-        handle(request, cache, origin, &cache.clock, &Config::default()).0
+        handle(request, cache, &Forgetful, origin, &cache.clock, &Config::default()).0
     }
 
     fn configured(vars: &[(&str, &str)]) -> Config {
@@ -300,7 +301,7 @@ mod tests {
             "RATE_LIMITS",
             "*/*=fixed-window:1/1h; */api-key=gcra:5/1h,burst=2; put-profile/*=fixed-window:3/1h",
         )]);
-        let serve = |request: &Request| handle(request, &cache, &origin, &cache.clock, &config).0;
+        let serve = |request: &Request| handle(request, &cache, &Forgetful, &origin, &cache.clock, &config).0;
         let anonymous = request("GET", "/profiles/alice", &[], "");
         assert_eq!(serve(&anonymous).status, 200);
         assert_eq!(serve(&anonymous).status, 429);
@@ -339,7 +340,7 @@ mod tests {
         let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
         *cache.failure.borrow_mut() = Some(CacheError::Unavailable("refused".into()));
         let get = request("GET", "/profiles/alice", &[], "");
-        let (response, decision) = handle(&get, &cache, &origin, &cache.clock, &Config::default());
+        let (response, decision) = handle(&get, &cache, &Forgetful, &origin, &cache.clock, &Config::default());
         assert_eq!((response.status, response.header("x-cache")), (200, Some("bypass")));
         assert_eq!(
             response.header(DEGRADED_HEADER),
@@ -356,6 +357,7 @@ mod tests {
         let (response, _) = handle(
             &request("GET", "/profiles/alice", &[], ""),
             &cache,
+            &Forgetful,
             &origin,
             &cache.clock,
             &config,
@@ -365,6 +367,45 @@ mod tests {
             response.header(DEGRADED_HEADER),
             Some("fail-closed; reason=cache-timeout")
         );
+    }
+
+    /// A caller over its limit is answered from the penalty box with the
+    /// very response the cache path gives, without a cache call, for each
+    /// algorithm, until the decision can change.
+    #[test]
+    fn a_denial_from_the_penalty_box_is_the_cache_paths_response() {
+        for rules in [
+            "*/*=fixed-window:2/10s",
+            "*/*=sliding-window:2/10s",
+            "*/*=gcra:2/10s,burst=2",
+        ] {
+            let (cache, origin) = (MemoryCache::default(), MemoryOrigin::with(&[("alice", ALICE)]));
+            let config = configured(&[("RATE_LIMITS", rules)]);
+            let penalty_box = MemoryBox::default();
+            let get = request("GET", "/profiles/alice", &[(CLIENT_IP_HEADER, "10.0.0.1")], "");
+            // A twin that never boxes: what the cache path answers.
+            let unboxed = MemoryCache::default();
+            let serve = |boxed: bool| match boxed {
+                true => handle(&get, &cache, &penalty_box, &origin, &cache.clock, &config).0,
+                false => handle(&get, &unboxed, &Forgetful, &origin, &cache.clock, &config).0,
+            };
+            for _ in 0..2 {
+                assert_eq!(serve(true).status, 200, "{rules}");
+                assert_eq!(serve(false).status, 200, "{rules}");
+            }
+            let first_denial = serve(true);
+            assert_eq!(first_denial.status, 429, "{rules}");
+            assert_eq!(penalty_box.keys().len(), 1, "{rules}: the denial is held");
+            let calls = cache.calls.get();
+            for step_ms in [0, 1, 250, 499] {
+                cache.clock.advance(step_ms);
+                let boxed = serve(true);
+                let from_cache = serve(false);
+                assert_eq!(boxed.status, 429, "{rules}");
+                assert_eq!(boxed, from_cache, "{rules}: +{step_ms} ms");
+            }
+            assert_eq!(cache.calls.get(), calls, "{rules}: no cache call while held");
+        }
     }
 
     #[test]

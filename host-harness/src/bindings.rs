@@ -10,6 +10,10 @@ wasmtime::component::bindgen!({
     // made on every request.
     imports: {
         "edge:cache/telemetry.rate-limit-decided": exact,
+        // Memory only, on every check: synchronous too.
+        "edge:cache/penalty-box.look": exact,
+        "edge:cache/penalty-box.hold": exact,
+        "edge:cache/penalty-box.release": exact,
         default: async,
     },
     exports: { default: async },
@@ -20,5 +24,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use edge::cache::{cache, origin, telemetry};
+pub use edge::cache::{cache, origin, penalty_box, telemetry};
 pub use exports::edge::cache::{profiles, rate_limit};

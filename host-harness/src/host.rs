@@ -1,10 +1,11 @@
 //! The store state of one instance and the host side of `edge:cache/cache`,
-//! `edge:cache/origin` and `edge:cache/telemetry`.
+//! `edge:cache/origin`, `edge:cache/telemetry` and `edge:cache/penalty-box`.
 
-use crate::bindings::{cache, origin, telemetry};
+use crate::bindings::{cache, origin, penalty_box, telemetry};
 use crate::keyspace::Keyspace;
 use crate::metrics::DecisionCounters;
 use crate::origin::{Origin, OriginError};
+use crate::penalty_box::PenaltyBox;
 use crate::store::{CasOutcome, StoreError, Ttl};
 use hyper::header::HeaderName;
 use std::sync::Arc;
@@ -23,10 +24,11 @@ pub struct EdgeCtx {
     pub origin: Origin,
     /// Rate limit decisions, counted as the function reports them.
     pub decisions: DecisionCounters,
+    pub penalty_box: PenaltyBox,
 }
 
-/// Adds `edge:cache/cache`, `edge:cache/origin` and `edge:cache/telemetry`
-/// to `linker`, reaching the context through `get`.
+/// Adds `edge:cache/cache`, `edge:cache/origin`, `edge:cache/telemetry` and
+/// `edge:cache/penalty-box` to `linker`, reaching the context through `get`.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut EdgeCtx,
@@ -34,6 +36,7 @@ pub fn add_to_linker<T: Send + 'static>(
     cache::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
     origin::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
     telemetry::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
+    penalty_box::add_to_linker::<T, HasSelf<EdgeCtx>>(linker, get)?;
     Ok(())
 }
 
@@ -197,6 +200,27 @@ impl telemetry::Host for EdgeCtx {
             Some(DegradedReason::Contended) => 4,
         };
         self.decisions.count(allowed, degraded);
+    }
+}
+
+impl penalty_box::Host for EdgeCtx {
+    fn look(&mut self, key: String) -> penalty_box::Lookup {
+        let lookup = self.penalty_box.look(&key);
+        penalty_box::Lookup {
+            ticket: lookup.ticket,
+            held: lookup.held.map(|entry| penalty_box::Entry {
+                until_ms: entry.until_ms,
+                note: entry.note.to_vec(),
+            }),
+        }
+    }
+
+    fn hold(&mut self, key: String, ticket: u64, until_ms: u64, note: Vec<u8>) {
+        self.penalty_box.hold(key, ticket, until_ms, &note);
+    }
+
+    fn release(&mut self, key: String) {
+        self.penalty_box.release(&key);
     }
 }
 

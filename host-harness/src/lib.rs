@@ -13,6 +13,7 @@ pub mod keyvalue;
 pub mod listener;
 pub mod metrics;
 pub mod overload;
+pub mod penalty_box;
 pub mod server;
 pub mod store;
 

@@ -11,6 +11,7 @@ use edge_cache_harness::keyspace::{DEFAULT_NAMESPACE, Limits};
 use edge_cache_harness::listener::{self, ConnectionLimits};
 use edge_cache_harness::origin::OriginConfig;
 use edge_cache_harness::overload::QueueLimits;
+use edge_cache_harness::penalty_box;
 use edge_cache_harness::store::near::NearCacheConfig;
 use edge_cache_harness::store::redis::{RedisClusterConfig, RedisConfig, TlsFiles, redact_url};
 use edge_cache_harness::{BodyLimits, EMBEDDED_GUEST, Harness, HarnessConfig, ServingConfig, StoreConfig};
@@ -285,6 +286,12 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_CACHE_INSTANCE_REUSE", default_value_t = DEFAULT_INSTANCE_REUSE, value_parser = clap::value_parser!(u32).range(1..))]
     instance_reuse: u32,
 
+    /// Rate limit denials kept in memory, so that callers over their limit
+    /// are denied without a Redis round trip until the decision can change;
+    /// 0 keeps none (every check reaches Redis).
+    #[arg(long, env = "EDGE_CACHE_PENALTY_BOX_ENTRIES", default_value_t = penalty_box::DEFAULT_MAX_ENTRIES)]
+    penalty_box_entries: u64,
+
     /// Log format.
     #[arg(long, env = "EDGE_CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -444,6 +451,7 @@ impl ServeArgs {
                 trusted_proxies: TrustedProxies::new(self.trusted_proxies.clone()),
                 api_keys,
             },
+            penalty_box_entries: self.penalty_box_entries,
         })
     }
 }

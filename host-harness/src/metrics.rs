@@ -72,6 +72,17 @@ impl DecisionCounters {
     }
 }
 
+/// The penalty box's lookups, resolved once from their family: every rate
+/// limit check makes one.
+#[derive(Clone, Default)]
+pub struct PenaltyBoxCounters {
+    /// Lookups that found an entry (the function then decides without the
+    /// cache, unless the entry does not deny the request at hand).
+    pub held: Counter,
+    /// Lookups that found none.
+    pub free: Counter,
+}
+
 /// The cache operations, as `/metrics` labels them.
 pub const OPERATIONS: [&str; 14] = [
     "get",
@@ -164,6 +175,8 @@ pub struct Metrics {
     /// Requests the edge function failed (500) or ran past its deadline (504).
     pub guest_failures: Counter,
     connections_closed: Family<ReasonLabels, Counter>,
+    penalty_box_lookups: Family<ResultLabels, Counter>,
+    penalty_box_entries: Gauge,
     connections_open: Gauge,
     requests_queued: Gauge,
     instances_warm: Gauge,
@@ -189,6 +202,8 @@ impl Metrics {
             requests_shed: Counter::default(),
             guest_failures: Counter::default(),
             connections_closed: Family::default(),
+            penalty_box_lookups: Family::default(),
+            penalty_box_entries: Gauge::default(),
             connections_open: Gauge::default(),
             requests_queued: Gauge::default(),
             instances_warm: Gauge::default(),
@@ -249,6 +264,16 @@ impl Metrics {
             "Circuit breakers in front of Redis by state (closed, open, half-open): one for a server, one per slot range for a cluster",
             store.breakers.clone(),
         );
+        registry.register(
+            "penalty_box_lookups",
+            "Rate limit checks that looked for a kept denial, by result (held: found one, so the cache was spared unless it did not apply; free: none)",
+            metrics.penalty_box_lookups.clone(),
+        );
+        registry.register(
+            "penalty_box_entries",
+            "Denials kept in the penalty box (approximate: expired entries leave in housekeeping)",
+            metrics.penalty_box_entries.clone(),
+        );
         registry.register("origin_reads", "Reads from the profile origin", origin_reads.clone());
         registry.register(
             "store_operation_duration_seconds",
@@ -297,6 +322,20 @@ impl Metrics {
         self.lookup_counters[index].inc();
         let [hit, stale, miss, bypass] = self.lookup_counters.each_ref().map(|counter| counter.get() as f64);
         self.cache_hit_ratio.set((hit + stale) / (hit + stale + miss + bypass));
+    }
+
+    /// The counters the penalty box reports into.
+    pub fn penalty_box_counters(&self) -> PenaltyBoxCounters {
+        let lookups = |result| self.penalty_box_lookups.get_or_create(&ResultLabels { result }).clone();
+        PenaltyBoxCounters {
+            held: lookups("held"),
+            free: lookups("free"),
+        }
+    }
+
+    /// Samples the penalty box's size, at scrape time.
+    pub fn set_penalty_box_entries(&self, entries: u64) {
+        self.penalty_box_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// The counters the connection bounds report into.

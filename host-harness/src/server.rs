@@ -12,6 +12,7 @@ use crate::listener::{self, ConnectionLimits, Connections};
 use crate::metrics::{DecisionCounters, Metrics};
 use crate::origin::{Origin, OriginConfig, OriginError};
 use crate::overload::{Admission, BodyBudget, InstancePermit, QueueLimits, Summary};
+use crate::penalty_box::{DEFAULT_MAX_ENTRIES as DEFAULT_PENALTY_BOX_ENTRIES, PenaltyBox};
 use crate::store::memory::{DEFAULT_MAX_MEMORY, MemoryStore};
 use crate::store::near::NearCache;
 use crate::store::redis::{ConnectError, RedisClusterConfig, RedisConfig, RedisStore};
@@ -95,6 +96,8 @@ pub struct HarnessConfig {
     pub guest_limits: GuestLimits,
     /// What requests and connections may hold, and who is believed.
     pub serving: ServingConfig,
+    /// Denials the penalty box keeps at most; 0 keeps none.
+    pub penalty_box_entries: u64,
 }
 
 /// How the harness faces its clients: bounds on connections, request bodies
@@ -141,6 +144,7 @@ impl Default for HarnessConfig {
             guest_env: Vec::new(),
             guest_limits: GuestLimits::default(),
             serving: ServingConfig::default(),
+            penalty_box_entries: DEFAULT_PENALTY_BOX_ENTRIES,
         }
     }
 }
@@ -304,6 +308,7 @@ impl Harness {
                 cache,
                 origin,
                 decisions: DecisionCounters::new(&metrics.rate_limit_decisions),
+                penalty_box: PenaltyBox::new(config.penalty_box_entries, metrics.penalty_box_counters()),
             },
             metrics,
             guest_env: config.guest_env.clone(),
@@ -673,6 +678,9 @@ impl Harness {
                             harness.admission.queued(),
                             harness.warm.len(),
                         );
+                        harness
+                            .metrics
+                            .set_penalty_box_entries(harness.edge.penalty_box.entries());
                         let mut response = hyper::Response::new(full_body(harness.metrics.render()));
                         let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                         response

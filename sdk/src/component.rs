@@ -1,9 +1,9 @@
 //! The host's interfaces behind the SDK's traits, in a component.
 
 use crate::Host;
-use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Ttl};
+use crate::host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Held, Lookup, PenaltyBox, Ttl};
 use crate::rate_limit::{Decision, DegradedReason, Telemetry};
-use crate::wit::edge::cache::{cache as wit_cache, telemetry as wit_telemetry};
+use crate::wit::edge::cache::{cache as wit_cache, penalty_box as wit_penalty_box, telemetry as wit_telemetry};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 impl From<wit_cache::Error> for CacheError {
@@ -109,6 +109,27 @@ impl Clock for Host {
         // 53 random bits, shifted into (0, 1].
         let bits = crate::wit::wasi::random::random::get_random_u64() >> 11;
         (bits + 1) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl PenaltyBox for Host {
+    fn look(&self, key: &str) -> Lookup {
+        let lookup = wit_penalty_box::look(key);
+        Lookup {
+            ticket: lookup.ticket,
+            held: lookup.held.map(|entry| Held {
+                until_ms: entry.until_ms,
+                note: entry.note,
+            }),
+        }
+    }
+
+    fn hold(&self, key: &str, ticket: u64, until_ms: u64, note: &[u8]) {
+        wit_penalty_box::hold(key, ticket, until_ms, note);
+    }
+
+    fn release(&self, key: &str) {
+        wit_penalty_box::release(key);
     }
 }
 

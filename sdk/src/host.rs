@@ -39,6 +39,38 @@ pub trait Cache {
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError>;
 }
 
+/// An entry of the penalty box: see [`PenaltyBox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// When the entry ends, in milliseconds since the Unix epoch.
+    pub until_ms: u64,
+    /// What the limiter kept with it (the cache state it decided from).
+    pub note: Vec<u8>,
+}
+
+/// What [`PenaltyBox::look`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lookup {
+    /// To pass to [`PenaltyBox::hold`], so that a hold made after a release
+    /// of the same key is refused.
+    pub ticket: u64,
+    /// The entry, while it lasts.
+    pub held: Option<Held>,
+}
+
+/// `edge:cache/penalty-box` (`wit/penalty-box.wit`): the host's
+/// process-local memory of denials. It may forget anything at any time; it
+/// only ever saves cache calls.
+pub trait PenaltyBox {
+    /// The entry at `key`, and a ticket for a later [`hold`](Self::hold).
+    fn look(&self, key: &str) -> Lookup;
+    /// Keeps `note` at `key` until `until_ms`, unless `key` was released
+    /// since the look that gave `ticket`.
+    fn hold(&self, key: &str, ticket: u64, until_ms: u64, note: &[u8]);
+    /// Forgets `key` at once.
+    fn release(&self, key: &str);
+}
+
 /// Time and chance, from WASI in the component and controllable in tests.
 pub trait Clock {
     /// Milliseconds since the Unix epoch (wall clock: instances agree on it).
@@ -109,7 +141,8 @@ pub mod memory {
     }
 
     /// `edge:cache/cache` in memory, with the contract's semantics and
-    /// default limits, on a [`ManualClock`]; and levers for tests: a failure
+    /// default limits, on a [`ManualClock`], with a [`MemoryBox`] as its
+    /// penalty box; and levers for tests: a failure
     /// to answer every call with, a count of calls (round trips), and a hook
     /// that stands for other instances.
     #[derive(Default)]
@@ -125,6 +158,9 @@ pub mod memory {
         pub decisions: RefCell<Vec<crate::rate_limit::Decision>>,
         /// Runs before each call, to simulate other instances writing.
         pub interleave: RefCell<Option<Interleave>>,
+        /// Its `edge:cache/penalty-box`, which its [`PenaltyBox`] answers
+        /// from (without counting in `calls`: the box is not the cache).
+        pub penalty_box: MemoryBox,
         /// Keys holding a value of another type (a Redis list): every
         /// call but `set` and `delete` answers `wrong-type` for them.
         wrong_type: RefCell<std::collections::HashSet<String>>,
@@ -460,6 +496,94 @@ pub mod memory {
     }
 
     /// The contract's conformance suite, one test per case.
+    impl PenaltyBox for MemoryCache {
+        fn look(&self, key: &str) -> Lookup {
+            self.penalty_box.look(key)
+        }
+
+        fn hold(&self, key: &str, ticket: u64, until_ms: u64, note: &[u8]) {
+            self.penalty_box.hold(key, ticket, until_ms, note);
+        }
+
+        fn release(&self, key: &str) {
+            self.penalty_box.release(key);
+        }
+    }
+
+    /// Stands for another instance acting while a check is under way.
+    type BeforeHold = Box<dyn Fn(&MemoryBox)>;
+
+    /// A penalty box as the harness keeps one: entries until their end,
+    /// holds refused across a release. Counts its calls.
+    #[derive(Default)]
+    pub struct MemoryBox {
+        entries: RefCell<HashMap<String, Held>>,
+        releases: Cell<u64>,
+        /// How many looks were made.
+        pub looks: Cell<u32>,
+        /// How many holds were asked for.
+        pub holds: Cell<u32>,
+        /// Runs at the start of `hold`, to simulate a concurrent reset.
+        pub before_hold: RefCell<Option<BeforeHold>>,
+    }
+
+    impl MemoryBox {
+        /// The entry at `key`, ended or not.
+        pub fn entry(&self, key: &str) -> Option<Held> {
+            self.entries.borrow().get(key).cloned()
+        }
+
+        /// The keys held, sorted.
+        pub fn keys(&self) -> Vec<String> {
+            let mut keys: Vec<String> = self.entries.borrow().keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+    }
+
+    impl PenaltyBox for MemoryBox {
+        fn look(&self, key: &str) -> Lookup {
+            self.looks.set(self.looks.get() + 1);
+            Lookup {
+                ticket: self.releases.get(),
+                held: self.entry(key),
+            }
+        }
+
+        fn hold(&self, key: &str, ticket: u64, until_ms: u64, note: &[u8]) {
+            self.holds.set(self.holds.get() + 1);
+            if let Some(before) = self.before_hold.borrow().as_ref() {
+                before(self);
+            }
+            if ticket == self.releases.get() {
+                let held = Held {
+                    until_ms,
+                    note: note.to_vec(),
+                };
+                self.entries.borrow_mut().insert(key.to_owned(), held);
+            }
+        }
+
+        fn release(&self, key: &str) {
+            self.releases.set(self.releases.get() + 1);
+            self.entries.borrow_mut().remove(key);
+        }
+    }
+
+    /// A host that keeps nothing, as the contract allows: every check goes
+    /// to the cache.
+    pub struct Forgetful;
+
+    impl PenaltyBox for Forgetful {
+        fn look(&self, _: &str) -> Lookup {
+            Lookup::default()
+        }
+
+        fn hold(&self, _: &str, _: u64, _: u64, _: &[u8]) {}
+
+        fn release(&self, _: &str) {}
+    }
+
     #[cfg(test)]
     mod conformance {
         use super::MemoryCache;

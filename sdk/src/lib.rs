@@ -57,12 +57,13 @@ pub mod wit;
 
 pub use cache_aside::{CacheAside, Remembered, Settings, Source};
 pub use edge_cache_contract as contract;
-pub use host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Ttl};
+pub use host::{BoundedIncr, Cache, CacheError, CasOutcome, Clock, Held, Lookup, PenaltyBox, Ttl};
 pub use keyspace::Keyspace;
 
 /// The component's host: `edge:cache/cache` as a [`Cache`], WASI's clocks
-/// and randomness as a [`Clock`], and `edge:cache/telemetry` as
-/// [`rate_limit::Telemetry`]. It holds nothing: every call goes to the host.
+/// and randomness as a [`Clock`], `edge:cache/telemetry` as
+/// [`rate_limit::Telemetry`] and `edge:cache/penalty-box` as a
+/// [`PenaltyBox`]. It holds nothing: every call goes to the host.
 ///
 /// It implements them on `wasm32` only; native tests use
 /// [`testing::MemoryCache`] instead.
@@ -72,5 +73,5 @@ pub struct Host;
 /// The in-memory host for native tests: [`Cache`] with the contract's
 /// semantics and a [`Clock`] that moves only when told.
 pub mod testing {
-    pub use crate::host::memory::{ManualClock, MemoryCache};
+    pub use crate::host::memory::{Forgetful, ManualClock, MemoryBox, MemoryCache};
 }

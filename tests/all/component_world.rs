@@ -60,13 +60,14 @@ fn exports_are_exactly_the_world() {
 }
 
 #[test]
-fn imports_are_the_cache_the_origin_telemetry_and_wasi_only() {
+fn imports_are_the_cache_the_origin_telemetry_the_penalty_box_and_wasi_only() {
     let world = WorldNames::of(&std::fs::read(BUILT_GUEST).expect("the guest was built"));
     assert_eq!(
         world.own_imports(),
         BTreeSet::from([
             "edge:cache/cache@0.1.0",
             "edge:cache/origin@0.1.0",
+            "edge:cache/penalty-box@0.1.0",
             "edge:cache/telemetry@0.1.0"
         ])
     );
@@ -143,7 +144,10 @@ fn interfaces_match_the_published_wit() {
         }
         compared += 1;
     }
-    assert_eq!(compared, 5, "cache, origin, telemetry, profiles and rate-limit");
+    assert_eq!(
+        compared, 6,
+        "cache, origin, telemetry, penalty-box, profiles and rate-limit"
+    );
 }
 
 /// A type as text: named types by name, anonymous ones by shape.

@@ -19,13 +19,14 @@ static COMPOSED: LazyLock<Component> =
     LazyLock::new(|| Component::new(&ENGINE, &*COMPOSED_BYTES).expect("the composition compiles"));
 
 #[test]
-fn the_composition_imports_only_the_cache_the_origin_telemetry_and_wasi() {
+fn the_composition_imports_only_the_cache_the_origin_telemetry_the_penalty_box_and_wasi() {
     let world = WorldNames::of(&COMPOSED_BYTES);
     assert_eq!(
         world.own_imports(),
         BTreeSet::from([
             "edge:cache/cache@0.1.0",
             "edge:cache/origin@0.1.0",
+            "edge:cache/penalty-box@0.1.0",
             "edge:cache/telemetry@0.1.0"
         ])
     );

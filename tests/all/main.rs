@@ -10,6 +10,7 @@ mod http;
 mod keyvalue;
 mod near_cache;
 mod one_time_codes;
+mod penalty_box;
 mod redis_faults;
 mod redis_ops;
 mod startup;

@@ -17,7 +17,7 @@
 
 use edge_cache_sdk::http::{Request, Response};
 use edge_cache_sdk::rate_limit::{self, Algorithm, FailMode, Policy, Telemetry};
-use edge_cache_sdk::{Cache, CacheError, Clock, Keyspace};
+use edge_cache_sdk::{Cache, CacheError, Clock, Keyspace, PenaltyBox};
 
 /// How long a code is valid.
 pub const CODE_TTL_SECONDS: u64 = 300;
@@ -39,10 +39,10 @@ fn policy() -> Policy {
 }
 
 /// Answers a request.
-pub fn serve(host: &(impl Cache + Clock + Telemetry), request: &Request) -> Response {
+pub fn serve(host: &(impl Cache + Clock + Telemetry + PenaltyBox), request: &Request) -> Response {
     let (caller, _) = request.caller();
     let policy = policy();
-    let decision = match rate_limit::check(host, &caller, &policy, 1, host.now_ms()) {
+    let decision = match rate_limit::check(host, host, &caller, &policy, 1, host.now_ms()) {
         Ok(decision) => decision,
         Err(error) => return Response::problem(500, "misconfigured", "Misconfigured", &format!("{error:?}")),
     };
