@@ -13,11 +13,15 @@ static COMPONENT: LazyLock<Component> =
     LazyLock::new(|| Component::from_file(&ENGINE, BUILT).expect("the example compiles"));
 
 #[test]
-fn it_imports_the_cache_and_telemetry_and_serves_http() {
+fn it_imports_the_cache_telemetry_and_penalty_box_and_serves_http() {
     let world = WorldNames::of(&std::fs::read(BUILT).unwrap());
     assert_eq!(
         world.own_imports(),
-        BTreeSet::from(["edge:cache/cache@0.1.0", "edge:cache/telemetry@0.1.0"])
+        BTreeSet::from([
+            "edge:cache/cache@0.1.0",
+            "edge:cache/penalty-box@0.1.0",
+            "edge:cache/telemetry@0.1.0"
+        ])
     );
     assert_eq!(
         world.exports,
