@@ -22,7 +22,7 @@ pub const DEGRADED_HEADER: &str = "x-ratelimit-degraded";
 ///
 /// let host = MemoryCache::default();
 /// let policy = Policy { limit: 2, ..Policy::seed_default() };
-/// let decision = rate_limit::check(&host, "ip:10.0.0.1", &policy, 1, 1_700_000_040_000)?;
+/// let decision = rate_limit::check(&host, &host, "ip:10.0.0.1", &policy, 1, 1_700_000_040_000)?;
 /// let headers = rate_limit::headers(&decision, &policy);
 /// assert_eq!(headers[0], ("ratelimit-policy", "\"default\";q=2;w=60".into()));
 /// assert_eq!(headers[1], ("ratelimit", "\"default\";r=1;t=60".into()));
