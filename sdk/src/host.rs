@@ -335,18 +335,8 @@ pub mod memory {
         }
 
         fn incr_by(&self, key: &str, delta: i64, ttl_if_new: u64) -> Result<i64, CacheError> {
-            self.begin(&[key])?;
-            Self::writable(&[], Some(ttl_if_new))?;
-            self.readable(key)?;
-            let (current, expires) = self.counter(key)?;
-            let next = current
-                .checked_add(delta)
-                .ok_or_else(|| CacheError::InvalidArgument("the counter would overflow".into()))?;
-            let expires = expires.or(self.deadline(Some(ttl_if_new)));
-            self.entries
-                .borrow_mut()
-                .insert(key.to_owned(), (next.to_string().into_bytes(), expires));
-            Ok(next)
+            // No bound an i64 can pass: overflow is refused before it.
+            Ok(self.incr_by_bounded(key, delta, ttl_if_new, i64::MAX)?.value)
         }
 
         fn incr_by_bounded(&self, key: &str, delta: i64, ttl_if_new: u64, max: i64) -> Result<BoundedIncr, CacheError> {
