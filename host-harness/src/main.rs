@@ -141,8 +141,8 @@ struct ServeArgs {
 
     /// Keep recently read values in the harness too, up to this size (e.g.
     /// 16MB), coherent with Redis through its client-side caching (CLIENT
-    /// TRACKING): a write by any client invalidates. Needs --redis-url (not
-    /// a cluster). Off by default.
+    /// TRACKING): a write by any client invalidates. Needs --redis-url or
+    /// --redis-cluster-urls (a connection per primary). Off by default.
     #[arg(long, env = "EDGE_CACHE_NEAR_CACHE", value_parser = parse_size)]
     near_cache: Option<u64>,
 
@@ -363,6 +363,7 @@ impl ServeArgs {
                 command_timeout,
                 tls,
                 required: self.require_redis,
+                near_cache: self.near_cache.map(NearCacheConfig::new),
                 ..RedisClusterConfig::new(self.redis_cluster_urls.clone())
             });
         }
@@ -387,8 +388,7 @@ impl ServeArgs {
     fn harness_config(&self) -> anyhow::Result<HarnessConfig> {
         check_near_cache(
             self.near_cache,
-            self.redis_url.is_some(),
-            !self.redis_cluster_urls.is_empty(),
+            self.redis_url.is_some() || !self.redis_cluster_urls.is_empty(),
         )?;
         let mut api_keys = ApiKeys::from_digests(self.api_key_digests.iter().map(String::as_str))
             .context("invalid --api-key-sha256")?;
@@ -456,14 +456,12 @@ impl ServeArgs {
     }
 }
 
-/// A near cache tracks one Redis server: it has nothing to add to the
-/// embedded store, and tracking a Cluster (a connection per node, across
-/// slot migrations) is not done yet.
-fn check_near_cache(near_cache: Option<u64>, redis_url: bool, cluster: bool) -> anyhow::Result<()> {
+/// A near cache tracks Redis: it has nothing to add to the embedded store,
+/// which is in the harness already.
+fn check_near_cache(near_cache: Option<u64>, redis: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
-        near_cache.is_none() || (redis_url && !cluster),
-        "--near-cache needs a single Redis server (--redis-url): it keeps no near cache of the embedded store, \
-         and a Redis Cluster is not supported yet"
+        near_cache.is_none() || redis,
+        "--near-cache needs Redis (--redis-url or --redis-cluster-urls): the embedded store is in the harness already"
     );
     Ok(())
 }
@@ -513,7 +511,14 @@ async fn main() -> anyhow::Result<()> {
         },
         StoreConfig::RedisCluster(cluster) => {
             let nodes: Vec<String> = cluster.urls.iter().map(|url| redact_url(url)).collect();
-            format!("the Redis Cluster at {}", nodes.join(","))
+            match cluster.near_cache {
+                Some(near) => format!(
+                    "the Redis Cluster at {} and a near cache of at most {} KiB",
+                    nodes.join(","),
+                    near.max_bytes / 1024
+                ),
+                None => format!("the Redis Cluster at {}", nodes.join(",")),
+            }
         }
         StoreConfig::Memory { max_memory } => format!("the embedded cache (at most {} KiB)", max_memory / 1024),
     };
@@ -596,12 +601,11 @@ mod tests {
     }
 
     #[test]
-    fn a_near_cache_needs_a_single_redis_server() {
-        let refused = |near, redis_url, cluster| check_near_cache(near, redis_url, cluster).is_err();
-        assert!(refused(Some(16 << 20), false, false), "the embedded store");
-        assert!(refused(Some(16 << 20), false, true), "a cluster");
-        assert!(!refused(Some(16 << 20), true, false));
-        assert!(!refused(None, false, true));
+    fn a_near_cache_needs_redis() {
+        let refused = |near, redis| check_near_cache(near, redis).is_err();
+        assert!(refused(Some(16 << 20), false), "the embedded store");
+        assert!(!refused(Some(16 << 20), true));
+        assert!(!refused(None, false));
     }
 
     #[test]

@@ -76,7 +76,10 @@ impl StoreConfig {
                 Some(near) => Arc::new(NearCache::connect(config, near).await?),
                 None => Arc::new(RedisStore::connect(config).await?),
             },
-            Self::RedisCluster(config) => Arc::new(RedisStore::connect_cluster(config).await?),
+            Self::RedisCluster(config) => match config.near_cache {
+                Some(near) => Arc::new(NearCache::connect_cluster(config, near).await?),
+                None => Arc::new(RedisStore::connect_cluster(config).await?),
+            },
         })
     }
 }

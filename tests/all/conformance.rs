@@ -1,6 +1,7 @@
 //! The cache contract (`wit/cache.wit`) and the host's `wasi:keyvalue`
-//! (`wit/deps/keyvalue`), run against every store: a real redis-server (with and
-//! without a near cache), a real Redis Cluster and the embedded store.
+//! (`wit/deps/keyvalue`), run against every store: a real redis-server and a
+//! real Redis Cluster (each with and without a near cache), and the embedded
+//! store.
 //! Anything one store does that another does not is a failure here. The
 //! contract's cases live in `edge_cache_contract::conformance`, which the
 //! SDK's in-memory host runs too; what only a host can check (namespaces,
@@ -63,6 +64,21 @@ impl Subject {
             cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
             _server: None,
             _cluster: None,
+        }
+    }
+
+    /// A Redis Cluster with a near cache in front of its reads.
+    async fn near_cache_cluster() -> Self {
+        let cluster = RedisCluster::start(3, 0);
+        let store = cluster
+            .store_with_near_cache(NearCacheConfig::new(1 << 20))
+            .connect()
+            .await
+            .expect("connect to the test cluster");
+        Self {
+            cache: Keyspace::new(store, "conformance", Limits::default()).unwrap(),
+            _server: None,
+            _cluster: Some(cluster),
         }
     }
 
@@ -604,6 +620,7 @@ macro_rules! backends {
         backends!(@backend near_cache, super::Subject::near_cache().await, [$($case),*], [$($host),*]);
         backends!(@backend memory, super::Subject::memory(), [$($case),*], [$($host),*]);
         backends!(@backend cluster, super::Subject::cluster().await, [$($case),*], [$($host),*]);
+        backends!(@backend near_cache_cluster, super::Subject::near_cache_cluster().await, [$($case),*], [$($host),*]);
     };
     (@backend $backend:ident, $subject:expr, [$($case:ident),*], [$($host:ident),*]) => {
         mod $backend {
@@ -659,6 +676,11 @@ async fn values_of_another_type_behind_a_near_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_another_type_on_a_cluster() {
     values_of_another_type(&Subject::cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_another_type_on_a_cluster_behind_a_near_cache() {
+    values_of_another_type(&Subject::near_cache_cluster().await).await;
 }
 
 #[tokio::test]

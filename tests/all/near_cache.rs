@@ -9,7 +9,7 @@ use edge_cache_harness::keyspace::{Keyspace, Limits};
 use edge_cache_harness::metrics::Metrics;
 use edge_cache_harness::store::StoreError;
 use edge_cache_harness::store::near::{NearCache, NearCacheConfig};
-use edge_cache_tests::{Monitor, RedisServer, Served, config};
+use edge_cache_tests::{Monitor, RedisCluster, RedisServer, Served, config};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -361,4 +361,191 @@ async fn started_without_redis_it_serves_once_redis_is_there() {
     let hits = near_hits(&served);
     assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
     assert_eq!(near_hits(&served), hits + 1);
+}
+
+/// A near cache on `cluster`, seen through the namespace `near`.
+async fn near_cache_on_cluster(cluster: &RedisCluster) -> (Arc<NearCache>, Keyspace) {
+    let StoreConfig::RedisCluster(config) = cluster.store() else {
+        panic!("a Redis Cluster configuration")
+    };
+    let store = Arc::new(
+        NearCache::connect_cluster(&config, NearCacheConfig::new(1 << 20))
+            .await
+            .expect("connect"),
+    );
+    assert!(store.is_serving(), "tracking is on once connected to a live cluster");
+    let keyspace = Keyspace::new(store.clone(), "near", Limits::default()).unwrap();
+    (store, keyspace)
+}
+
+/// Waits (polling, up to 20 s) until `read` gives `expected`.
+async fn until_read(keyspace: &Keyspace, key: &str, expected: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = keyspace.get(key).await.unwrap();
+        if value.as_deref() == Some(expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{key} still reads {value:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The figure on a cluster: a hot key is read from the primary
+/// serving it once, then from the harness; no other primary reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_hot_key_is_read_from_its_primary_once() {
+    let cluster = RedisCluster::start(3, 0);
+    let (_, keyspace) = near_cache_on_cluster(&cluster).await;
+    // Keys on every primary: each is read from its own, once.
+    let keys: Vec<String> = (0..12).map(|n| format!("hot{n}")).collect();
+    for key in &keys {
+        keyspace.set(key, key.as_bytes(), None, false).await.unwrap();
+    }
+    let masters = cluster.masters();
+    let owners: Vec<usize> = keys
+        .iter()
+        .map(|key| cluster.owner_of(&format!("near:{key}")))
+        .collect();
+    let monitors: Vec<_> = masters.iter().map(|&node| cluster.nodes[node].monitor()).collect();
+    for _ in 0..20 {
+        for key in &keys {
+            assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(key.as_bytes()));
+        }
+    }
+    let values = keyspace.get_many(&keys).await.unwrap();
+    assert_eq!(
+        values,
+        keys.iter().map(|key| Some(key.as_bytes().to_vec())).collect::<Vec<_>>()
+    );
+    let mut reads = 0;
+    for (&node, monitor) in masters.iter().zip(monitors) {
+        let mut ran = commands_sent(monitor);
+        // The tracking task's heartbeat asks a node for the slots.
+        ran.remove("cluster");
+        let served = owners.iter().filter(|&&owner| owner == node).count() as u64;
+        assert!(served > 0, "keys on every primary");
+        let expected = BTreeMap::from([("get".to_owned(), served), ("pttl".to_owned(), served)]);
+        assert_eq!(ran, expected, "node {node}");
+        reads += served;
+    }
+    assert_eq!(reads, keys.len() as u64);
+    assert_eq!(keyspace_metric(&keyspace, "near_cache_hits_total"), 19 * 12 + 12);
+}
+
+/// Any client's write to a node invalidates what was read from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_writes_by_another_client_invalidate() {
+    let cluster = RedisCluster::start(3, 0);
+    let (near, keyspace) = near_cache_on_cluster(&cluster).await;
+    let mut other = cluster.client().await;
+    let keys: Vec<String> = (0..6).map(|n| format!("k{n}")).collect();
+    for key in &keys {
+        keyspace.set(key, b"v1", None, false).await.unwrap();
+        keyspace.get(key).await.unwrap();
+        assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v1"[..]));
+    }
+    for key in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(format!("near:{key}"))
+            .arg("v2")
+            .query_async(&mut other)
+            .await
+            .unwrap();
+    }
+    assert!(near.caught_up().await);
+    for key in &keys {
+        assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v2"[..]), "{key}");
+    }
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut other).await.unwrap();
+    assert!(near.caught_up().await);
+    for key in &keys {
+        assert_eq!(keyspace.get(key).await.unwrap(), None, "{key}");
+    }
+}
+
+/// A slot moved to another primary while its key was held near: the
+/// move invalidates it, reads sent to the old primary are redirected and
+/// answered through the cluster client, and once the near cache has the
+/// new map it reads the key from its new primary, once, and then holds it.
+/// No step serves the value from before the move's later write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_moved_slot_leaves_nothing_stale() {
+    let cluster = RedisCluster::start(3, 0);
+    let (near, keyspace) = near_cache_on_cluster(&cluster).await;
+    keyspace.set("moving", b"before", None, false).await.unwrap();
+    keyspace.get("moving").await.unwrap();
+    assert_eq!(keyspace.get("moving").await.unwrap().as_deref(), Some(&b"before"[..]));
+    let hits = keyspace_metric(&keyspace, "near_cache_hits_total");
+    assert_eq!(hits, 1);
+
+    let from = cluster.owner_of("near:moving");
+    let to = *cluster.masters().iter().find(|&&node| node != from).unwrap();
+    cluster.move_slot_of("near:moving", to);
+    // Written on its new primary by another client: the old one, which the
+    // near cache may still believe serves the slot, never sees this write.
+    let mut other = cluster.client().await;
+    let _: () = redis::cmd("SET")
+        .arg("near:moving")
+        .arg("after")
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(keyspace.get("moving").await.unwrap().as_deref(), Some(&b"after"[..]));
+
+    // Once the near cache follows the move, the key is read from its new
+    // primary once and then served from the harness again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let monitor = cluster.nodes[to].monitor();
+        for _ in 0..3 {
+            assert_eq!(keyspace.get("moving").await.unwrap().as_deref(), Some(&b"after"[..]));
+        }
+        let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
+        if gets <= 1 && near.is_serving() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still not held near after the move ({gets} GETs)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _: () = redis::cmd("SET")
+        .arg("near:moving")
+        .arg("later")
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert!(near.caught_up().await);
+    until_read(&keyspace, "moving", b"later").await;
+    assert_eq!(keyspace.get("moving").await.unwrap().as_deref(), Some(&b"later"[..]));
+}
+
+/// The edge function on a cluster with a near cache: a profile hit costs
+/// the limiter's command alone, on whichever primary serves the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_hit_costs_one_redis_round_trip() {
+    let cluster = RedisCluster::start(3, 0);
+    let served = Served::start(HarnessConfig {
+        guest_env: vec![("RATE_LIMIT_REQUESTS".to_owned(), "1000000".to_owned())],
+        ..config(cluster.store_with_near_cache(NearCacheConfig::new(16 << 20)))
+    })
+    .await;
+    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "miss");
+    assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
+    let masters = cluster.masters();
+    let monitors: Vec<_> = masters.iter().map(|&node| cluster.nodes[node].monitor()).collect();
+    for _ in 0..30 {
+        assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
+    }
+    let mut all = BTreeMap::new();
+    for monitor in monitors {
+        for (command, count) in commands_sent(monitor) {
+            if command != "cluster" {
+                *all.entry(command).or_insert(0) += count;
+            }
+        }
+    }
+    assert_eq!(all, BTreeMap::from([("evalsha".to_owned(), 30)]));
 }

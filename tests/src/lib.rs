@@ -568,6 +568,78 @@ impl RedisCluster {
         })
     }
 
+    pub fn store_with_near_cache(&self, near_cache: NearCacheConfig) -> StoreConfig {
+        match self.store() {
+            StoreConfig::RedisCluster(cluster) => {
+                StoreConfig::RedisCluster(edge_cache_harness::store::redis::RedisClusterConfig {
+                    near_cache: Some(near_cache),
+                    ..cluster
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// A connection that follows the cluster's slots, as another client's.
+    pub async fn client(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Runs `command` on node `index`, whatever it serves.
+    pub fn on_node<T: redis::FromRedisValue>(&self, index: usize, command: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.nodes[index].url()).unwrap();
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(2)).unwrap();
+        command
+            .query(&mut connection)
+            .unwrap_or_else(|e| panic!("node {index}: {command:?}: {e}"))
+    }
+
+    /// The node ID of node `index`.
+    pub fn node_id(&self, index: usize) -> String {
+        self.on_node(index, redis::cmd("CLUSTER").arg("MYID"))
+    }
+
+    /// Moves the slot of `key`, with the keys in it, from the primary
+    /// serving it to primary `to`, as `redis-cli --cluster reshard` does:
+    /// importing and migrating states, `MIGRATE` of each key, then the new
+    /// owner told to every primary.
+    pub fn move_slot_of(&self, key: &str, to: usize) {
+        let from = self.owner_of(key);
+        assert_ne!(from, to, "{key} is served by node {to} already");
+        let slot: i64 = self.on_node(from, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key));
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let setslot = |node: usize, state: &str, id: &str| {
+            let _: () = self.on_node(node, redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(state).arg(id));
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        loop {
+            let keys: Vec<String> = self.on_node(from, redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100));
+            if keys.is_empty() {
+                break;
+            }
+            let _: redis::Value = self.on_node(
+                from,
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(self.nodes[to].port())
+                    .arg("")
+                    .arg(0)
+                    .arg(5000)
+                    .arg("KEYS")
+                    .arg(&keys),
+            );
+        }
+        for node in self.masters() {
+            setslot(node, "NODE", &to_id);
+        }
+        self.wait_until(Duration::from_secs(20), |cluster| cluster.owner_of(key) == to);
+    }
+
     fn query<T: redis::FromRedisValue>(node: &RedisServer, command: &redis::Cmd) -> Option<T> {
         let client = redis::Client::open(node.url()).ok()?;
         let mut connection = client.get_connection_with_timeout(Duration::from_millis(300)).ok()?;

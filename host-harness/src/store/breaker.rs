@@ -38,7 +38,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_millis(800);
 pub const CLUSTER_RANGES: usize = 64;
 
 /// Hash slots in a Redis Cluster.
-const SLOTS: usize = 16_384;
+pub(crate) const SLOTS: usize = 16_384;
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;

@@ -10,6 +10,17 @@
 //! every rate-limit counter update to every harness. The rest of the
 //! traffic keeps to the shared connection of [`RedisStore`].
 //!
+//! On a Redis Cluster there is a tracking connection per primary, and a
+//! read goes to the one serving its key's slot, as `CLUSTER SLOTS` last
+//! said: a hot key is then read from its node once, not on every request.
+//! A slot that moves is safe at every step: migrating a key deletes it from
+//! the node it leaves, which invalidates it here; a read sent to a node
+//! that no longer serves the slot is redirected (`MOVED` / `ASK`), and is
+//! then answered through the cluster client, keeping nothing, while the
+//! map is fetched again. The map is compared with `CLUSTER SLOTS` every
+//! [`HEARTBEAT`] too; when it changed, or any primary's connection is lost,
+//! the near cache is emptied and every connection opened anew.
+//!
 //! What a client of the harness sees:
 //! - `get` and `get-many` (each key) are answered from the near cache when
 //!   it holds the key; everything else goes to Redis.
@@ -28,13 +39,11 @@
 //!   `PING` every [`HEARTBEAT`]; until then (at most that and the command
 //!   timeout) its values are served as they were.
 //!
-//! Redis Cluster is not supported: tracking would need a connection per
-//! node, following slot migrations; `--near-cache` with a cluster is a
-//! startup error.
 
-use super::breaker::BreakerGauges;
-use super::redis::{ConnectError, RedisConfig, RedisStore};
+use super::breaker::{BreakerGauges, SLOTS, key_slot};
+use super::redis::{ConnectError, Primary, RedisClusterConfig, RedisConfig, RedisStore, TrackedRead};
 use super::{BoundedIncr, CasOutcome, KeyPage, Store, StoreError, StoreFuture, Ttl};
+use futures_util::future::try_join_all;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -43,6 +52,7 @@ use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio::time::timeout;
 
 /// How often an idle tracking connection is checked with a `PING`.
@@ -111,23 +121,62 @@ pub struct NearCache {
 }
 
 /// The near cache's state, shared with its tracking task and the push
-/// sender of its connection.
+/// senders of its connections.
 struct Near {
     entries: moka::sync::Cache<String, Entry>,
     /// Per shard of keys, how many invalidations it has seen: a read
     /// keeps its value only if its shard saw none while it was in flight.
     generations: Box<[Mutex<u64>]>,
-    /// Whether a tracking connection is up: hits are served only then.
+    /// Whether the tracking connections are up: hits are served only then.
     serving: AtomicBool,
-    tracking: RwLock<Option<Tracking>>,
+    tracking: RwLock<Option<Arc<Tracking>>>,
+    /// Wakes the tracking task when a cluster node redirected a read.
+    redirected: Arc<Notify>,
     max_value_bytes: usize,
     metrics: NearCacheMetrics,
 }
 
-/// The connection Redis tracks reads on, and which one it is.
+/// Where the tracking connections go.
+enum Target {
+    /// One server: one connection.
+    Server(Client),
+    /// A cluster: one connection per primary.
+    Cluster(RedisClusterConfig),
+}
+
+/// The connections Redis tracks reads on, and which set they are.
 struct Tracking {
     id: u64,
-    connection: MultiplexedConnection,
+    connections: Vec<MultiplexedConnection>,
+    /// On a cluster, for each slot, the index of the connection to the
+    /// primary serving it ([`UNSERVED`] if none does); empty for one
+    /// server.
+    slots: Box<[u16]>,
+}
+
+/// A slot no primary serves, in [`Tracking::slots`].
+const UNSERVED: u16 = u16::MAX;
+
+impl Tracking {
+    /// The connection to read `key` over; `None` when no primary serves it.
+    fn connection_for(&self, key: &str) -> Option<&MultiplexedConnection> {
+        if self.slots.is_empty() {
+            return self.connections.first();
+        }
+        let index = self.slots[usize::from(key_slot(key.as_bytes()))];
+        self.connections.get(usize::from(index))
+    }
+
+    /// Answers once every connection answered a `PING`, whose reply
+    /// follows every invalidation sent on it before.
+    async fn ping_all(&self) -> Result<(), RedisError> {
+        try_join_all(self.connections.iter().map(|connection| {
+            let mut connection = connection.clone();
+            async move { redis::cmd("PING").query_async::<Value>(&mut connection).await }
+        }))
+        .await
+        .map(drop)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +205,7 @@ impl Near {
             generations: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             serving: AtomicBool::new(false),
             tracking: RwLock::new(None),
+            redirected: Arc::new(Notify::new()),
             max_value_bytes: config.max_value_bytes,
             metrics: NearCacheMetrics::default(),
         }
@@ -172,13 +222,12 @@ impl Near {
         Some(entry.bytes.to_vec())
     }
 
-    /// The tracking connection, while it is up.
-    fn connection(&self) -> Option<MultiplexedConnection> {
+    /// The tracking connections, while they are up.
+    fn tracking(&self) -> Option<Arc<Tracking>> {
         if !self.serving.load(Ordering::Acquire) {
             return None;
         }
-        let tracking = self.tracking.read().unwrap_or_else(PoisonError::into_inner);
-        tracking.as_ref().map(|tracking| tracking.connection.clone())
+        self.tracking.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn generation(&self, key: &str) -> u64 {
@@ -189,8 +238,9 @@ impl Near {
     /// `generation`, unless something invalidated the shard since.
     ///
     /// Why no value read before a write can be kept after that write's
-    /// invalidation: the read went out on the tracking connection after
-    /// `generation` was taken. If the write ran after the read in Redis,
+    /// invalidation: the read went out on the tracking connection (on a
+    /// cluster, the one to the primary serving the key) after `generation`
+    /// was taken. If the write ran after the read in Redis,
     /// Redis sends its invalidation on the same connection after the
     /// read's reply, and the connection's reader hands both over in that
     /// order; the invalidation ([`Self::invalidate`]) bumps the shard's
@@ -266,15 +316,15 @@ impl Near {
         }
     }
 
-    /// Serves again, on a new tracking connection: emptied first, since
+    /// Serves again, on new tracking connections: emptied first, since
     /// what was kept may have changed while nothing was tracked.
     fn resume(&self, tracking: Tracking) {
         self.flush();
-        *self.tracking.write().unwrap_or_else(PoisonError::into_inner) = Some(tracking);
+        *self.tracking.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(tracking));
         self.serving.store(true, Ordering::Release);
     }
 
-    /// Stops serving, if connection `id` is the one in use: from now on
+    /// Stops serving, if connections `id` are the ones in use: from now on
     /// invalidations may be missed.
     fn suspend(&self, id: u64) {
         let mut tracking = self.tracking.write().unwrap_or_else(PoisonError::into_inner);
@@ -287,11 +337,6 @@ impl Near {
         self.flush();
     }
 
-    fn is_tracking_on(&self, id: u64) -> bool {
-        let tracking = self.tracking.read().unwrap_or_else(PoisonError::into_inner);
-        tracking.as_ref().is_some_and(|tracking| tracking.id == id)
-    }
-
     /// Called where something was kept or removed, never on a hit: moka
     /// counts sizes once its pending bookkeeping has run.
     fn update_gauges(&self) {
@@ -302,52 +347,54 @@ impl Near {
     }
 }
 
-/// Keeps a tracking connection up while the near cache lives: connects,
-/// turns tracking on, serves; when the connection is lost (its reader
-/// reports it) or stops answering the heartbeat, stops serving and
-/// reconnects.
-async fn track(near: Weak<Near>, client: Client, connect_timeout: Duration, command_timeout: Duration) {
+/// Keeps the tracking connections up while the near cache lives:
+/// connects, turns tracking on, serves; when a connection is lost (its
+/// reader reports it), stops answering the heartbeat, or the cluster's
+/// slots moved, stops serving and connects anew.
+async fn track(
+    near: Weak<Near>,
+    target: Target,
+    redis: RedisStore,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut id = 0;
     let mut reported = false;
     loop {
         id += 1;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(command_timeout))
-            .set_push_sender(push_sender(near.clone(), id));
-        let connected = timeout(connect_timeout + command_timeout, async {
-            let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .query_async::<()>(&mut connection)
-                .await?;
-            Ok::<_, RedisError>(connection)
-        })
+        let opened = timeout(
+            connect_timeout + command_timeout,
+            open(&near, id, &target, &redis, connect_timeout, command_timeout),
+        )
         .await;
         let Some(shared) = near.upgrade() else { return };
-        match connected {
-            Ok(Ok(connection)) => {
-                shared.resume(Tracking { id, connection });
+        match opened {
+            Ok(Ok((tracking, primaries))) => {
+                let redirected = shared.redirected.clone();
+                let connections = tracking.connections.len();
+                shared.resume(tracking);
                 drop(shared);
-                tracing::info!(target: "edge_cache::near_cache", "near cache serving: Redis tracks its reads");
+                tracing::info!(
+                    target: "edge_cache::near_cache",
+                    connections,
+                    "near cache serving: Redis tracks its reads"
+                );
                 backoff = FIRST_BACKOFF;
                 reported = false;
-                watch(&near, id, command_timeout).await;
-                if near.strong_count() == 0 {
+                let Some(why) = watch(&near, id, &redis, &primaries, &redirected, command_timeout).await else {
                     return;
-                }
+                };
                 tracing::warn!(
                     target: "edge_cache::near_cache",
-                    "near cache emptied and off: its tracking connection to Redis was lost; reconnecting"
+                    "near cache emptied and off: {why}; reconnecting"
                 );
             }
             failure => {
                 drop(shared);
                 if !reported {
                     let error = match failure {
-                        Ok(Err(error)) => error.to_string(),
+                        Ok(Err(error)) => error,
                         _ => "no answer in time".to_owned(),
                     };
                     tracing::warn!(
@@ -364,30 +411,108 @@ async fn track(near: Weak<Near>, client: Client, connect_timeout: Duration, comm
     }
 }
 
-/// Returns once tracking connection `id` is no longer the one in use, or
-/// the near cache is gone.
-async fn watch(near: &Weak<Near>, id: u64, command_timeout: Duration) {
-    loop {
-        tokio::time::sleep(HEARTBEAT).await;
-        let Some(shared) = near.upgrade() else { return };
-        if !shared.is_tracking_on(id) {
-            return;
+/// Opens tracking connections `id`: the server's, or one to each primary
+/// of the cluster with the map of which serves each slot (and the
+/// primaries as `CLUSTER SLOTS` named them, to tell when they change).
+async fn open(
+    near: &Weak<Near>,
+    id: u64,
+    target: &Target,
+    redis: &RedisStore,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+) -> Result<(Tracking, Vec<Primary>), String> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(command_timeout))
+        .set_push_sender(push_sender(near.clone(), id));
+    let connect = |client: Client| {
+        let config = config.clone();
+        async move {
+            let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async::<()>(&mut connection)
+                .await?;
+            Ok::<_, RedisError>(connection)
         }
-        let Some(mut connection) = shared.connection() else {
-            return;
-        };
-        drop(shared);
-        let answered = timeout(
-            command_timeout,
-            redis::cmd("PING").query_async::<Value>(&mut connection),
-        )
-        .await;
-        if !matches!(answered, Ok(Ok(_))) {
-            if let Some(shared) = near.upgrade() {
-                shared.suspend(id);
+    };
+    match target {
+        Target::Server(client) => {
+            let connection = connect(client.clone()).await.map_err(|error| error.to_string())?;
+            let tracking = Tracking {
+                id,
+                connections: vec![connection],
+                slots: Box::default(),
+            };
+            Ok((tracking, Vec::new()))
+        }
+        Target::Cluster(config) => {
+            let primaries = redis.cluster_primaries().await.map_err(|error| error.to_string())?;
+            let clients = primaries
+                .iter()
+                .map(|primary| config.node_client(&primary.host, primary.port, ProtocolVersion::RESP3))
+                .collect::<Result<Vec<Client>, ConnectError>>()
+                .map_err(|error| error.to_string())?;
+            let connections = try_join_all(clients.into_iter().map(connect))
+                .await
+                .map_err(|error| error.to_string())?;
+            let mut slots = vec![UNSERVED; SLOTS].into_boxed_slice();
+            for (index, primary) in primaries.iter().enumerate() {
+                let index = u16::try_from(index).map_err(|_| "more primaries than slots".to_owned())?;
+                for &(start, end) in &primary.slots {
+                    for slot in start..=end {
+                        if let Some(entry) = slots.get_mut(usize::from(slot)) {
+                            *entry = index;
+                        }
+                    }
+                }
             }
-            return;
+            Ok((Tracking { id, connections, slots }, primaries))
         }
+    }
+}
+
+/// Returns why tracking connections `id` are no longer the ones in use,
+/// or `None` once the near cache is gone. Every [`HEARTBEAT`], or at once
+/// when a read was redirected, pings each connection and, on a cluster,
+/// compares its `primaries` with what `CLUSTER SLOTS` says now.
+async fn watch(
+    near: &Weak<Near>,
+    id: u64,
+    redis: &RedisStore,
+    primaries: &[Primary],
+    redirected: &Notify,
+    command_timeout: Duration,
+) -> Option<&'static str> {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT) => {}
+            () = redirected.notified() => {}
+        }
+        let shared = near.upgrade()?;
+        let tracking = shared.tracking().filter(|tracking| tracking.id == id);
+        drop(shared);
+        let Some(tracking) = tracking else {
+            return Some("a tracking connection to Redis was lost");
+        };
+        let answered = timeout(command_timeout, tracking.ping_all()).await;
+        let why = if !matches!(answered, Ok(Ok(()))) {
+            "a tracking connection to Redis stopped answering"
+        } else if primaries.is_empty() {
+            continue;
+        } else {
+            match timeout(command_timeout, redis.cluster_primaries()).await {
+                Ok(Ok(now)) if now != primaries => "the cluster's slots moved",
+                // Unchanged, or not known now: the pings judge the connections.
+                _ => continue,
+            }
+        };
+        if let Some(shared) = near.upgrade() {
+            shared.suspend(id);
+        }
+        return Some(why);
     }
 }
 
@@ -413,36 +538,68 @@ impl NearCache {
     pub async fn connect(config: &RedisConfig, near: NearCacheConfig) -> Result<Self, ConnectError> {
         let client = RedisStore::client(config, Some(ProtocolVersion::RESP3))?;
         let redis = RedisStore::connect(config).await?;
+        Ok(Self::start(
+            redis,
+            Target::Server(client),
+            near,
+            config.connect_timeout,
+            config.command_timeout,
+        )
+        .await)
+    }
+
+    /// Connects to a Redis Cluster as [`RedisStore::connect_cluster`] does,
+    /// then as [`Self::connect`], with a tracking connection per primary.
+    pub async fn connect_cluster(config: &RedisClusterConfig, near: NearCacheConfig) -> Result<Self, ConnectError> {
+        let redis = RedisStore::connect_cluster(config).await?;
+        Ok(Self::start(
+            redis,
+            Target::Cluster(config.clone()),
+            near,
+            config.connect_timeout,
+            config.command_timeout,
+        )
+        .await)
+    }
+
+    async fn start(
+        redis: RedisStore,
+        target: Target,
+        near: NearCacheConfig,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Self {
         let near = Arc::new(Near::new(near));
         tokio::spawn(track(
             Arc::downgrade(&near),
-            client,
-            config.connect_timeout,
-            config.command_timeout,
+            target,
+            redis.clone(),
+            connect_timeout,
+            command_timeout,
         ));
         // An unreachable Redis was already waited for, and reported.
         let reachable = redis.readiness().is_ok();
-        let deadline = Instant::now() + config.connect_timeout * 2;
+        let deadline = Instant::now() + connect_timeout * 2;
         while reachable && !near.serving.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(Self { redis, near })
+        Self { redis, near }
     }
 
-    /// Whether the near cache serves (its tracking connection is up).
+    /// Whether the near cache serves (its tracking connections are up).
     pub fn is_serving(&self) -> bool {
         self.near.serving.load(Ordering::Acquire)
     }
 
     /// Waits until every invalidation Redis sent before this call has been
-    /// applied: a `PING` on the tracking connection, whose reply follows
-    /// them on the wire. `false` when there is no tracking connection (then
-    /// nothing is served from the near cache).
+    /// applied: a `PING` on each tracking connection, whose reply follows
+    /// them on the wire. `false` when the tracking connections are down
+    /// (then nothing is served from the near cache).
     pub async fn caught_up(&self) -> bool {
-        let Some(mut connection) = self.near.connection() else {
+        let Some(tracking) = self.near.tracking() else {
             return false;
         };
-        redis::cmd("PING").query_async::<Value>(&mut connection).await.is_ok()
+        tracking.ping_all().await.is_ok()
     }
 
     /// Runs a write, then invalidates what it wrote, whatever the outcome:
@@ -459,21 +616,51 @@ impl NearCache {
         outcome
     }
 
-    /// Reads `keys` from Redis over the tracking connection, as `get`
+    /// Reads `keys` from Redis over the tracking connections, as `get`
     /// (one key) or `get-many` (`many`) would, and keeps what may be kept;
-    /// over the shared connection, keeping nothing, while there is no
-    /// tracking connection.
+    /// through the store, keeping nothing, while the tracking connections
+    /// are down. On a cluster each key is read from its primary, all at
+    /// once, as [`RedisStore`] reads many keys of a cluster.
     async fn read_through(&self, keys: &[&str], many: bool) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let Some(connection) = self.near.connection() else {
-            if let ([key], false) = (keys, many) {
-                return Ok(vec![self.redis.get(key).await?]);
-            }
-            let keys: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
-            return self.redis.get_many(&keys).await;
+        let Some(tracking) = self.near.tracking() else {
+            return self.read_untracked(keys, many).await;
         };
+        if tracking.slots.is_empty() {
+            let Some(connection) = tracking.connections.first() else {
+                return self.read_untracked(keys, many).await;
+            };
+            return self.read_kept(connection, keys, many).await;
+        }
+        try_join_all(keys.iter().map(|key| {
+            let tracking = &tracking;
+            async move {
+                let Some(connection) = tracking.connection_for(key) else {
+                    return self.redis.get(key).await;
+                };
+                Ok(self.read_kept(connection, &[key], false).await?.pop().flatten())
+            }
+        }))
+        .await
+    }
+
+    /// Reads `keys` over tracking `connection` and keeps what may be kept;
+    /// a read the node redirected is answered through the store instead,
+    /// and wakes the tracking task to fetch the cluster's slots again.
+    async fn read_kept(
+        &self,
+        connection: &MultiplexedConnection,
+        keys: &[&str],
+        many: bool,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let generations: Vec<u64> = keys.iter().map(|key| self.near.generation(key)).collect();
         let sent_at = Instant::now();
-        let read = self.redis.read_tracked(&connection, keys, many).await?;
+        let read = match self.redis.read_tracked(connection, keys, many).await? {
+            TrackedRead::Values(read) => read,
+            TrackedRead::Redirected => {
+                self.near.redirected.notify_one();
+                return self.read_untracked(keys, many).await;
+            }
+        };
         Ok(keys
             .iter()
             .zip(generations)
@@ -485,6 +672,15 @@ impl NearCache {
                 value
             })
             .collect())
+    }
+
+    /// Reads `keys` through the store, keeping nothing.
+    async fn read_untracked(&self, keys: &[&str], many: bool) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if let ([key], false) = (keys, many) {
+            return Ok(vec![self.redis.get(key).await?]);
+        }
+        let keys: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
+        self.redis.get_many(&keys).await
     }
 }
 

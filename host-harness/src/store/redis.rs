@@ -20,8 +20,9 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
-    ProtocolVersion, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo,
+    Pipeline, ProtocolVersion, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates,
+    Value,
 };
 use std::collections::HashSet;
 use std::future::Future;
@@ -163,6 +164,8 @@ pub struct RedisClusterConfig {
     pub tls: TlsFiles,
     /// Refuse to start when no node can be reached.
     pub required: bool,
+    /// Keep recently read values in the harness too (see [`super::near`]).
+    pub near_cache: Option<super::near::NearCacheConfig>,
 }
 
 impl RedisClusterConfig {
@@ -174,8 +177,61 @@ impl RedisClusterConfig {
             retries: 3,
             tls: TlsFiles::default(),
             required: false,
+            near_cache: None,
         }
     }
+
+    /// A client for one node of the cluster, at `host:port` as the cluster
+    /// names it, with the first seed's credentials, database and TLS
+    /// (as the cluster client reaches every node), speaking `protocol`.
+    pub(crate) fn node_client(&self, host: &str, port: u16, protocol: ProtocolVersion) -> Result<Client, ConnectError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let seed = self.urls.first().map(String::as_str).unwrap_or_default();
+        let secrets = url_secrets(seed);
+        let invalid = |reason: String| ConnectError::InvalidUrl {
+            url: redact_url(seed),
+            reason: scrub(&reason, &secrets),
+        };
+        let info = seed.into_connection_info().map_err(|e| invalid(e.to_string()))?;
+        let addr = match info.addr() {
+            ConnectionAddr::TcpTls {
+                insecure, tls_params, ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let settings = info.redis_settings().clone().set_protocol(protocol);
+        let info = info.set_addr(addr).set_redis_settings(settings);
+        match self.tls.certificates()? {
+            Some(certificates) => Client::build_with_tls(info, certificates),
+            None => Client::open(info),
+        }
+        .map_err(|e| invalid(e.to_string()))
+    }
+}
+
+/// A primary of a Redis Cluster, as `CLUSTER SLOTS` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Primary {
+    /// Its ID, stable across address changes.
+    pub id: Vec<u8>,
+    pub host: String,
+    pub port: u16,
+    /// The slot ranges it serves, inclusive, in order.
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// What a tracked read found: the values of its keys and their remaining
+/// lifetimes (`PTTL`: -1 for none, -2 when gone), or that the node no
+/// longer serves their slot.
+pub(crate) enum TrackedRead {
+    Values(Vec<(Option<Vec<u8>>, i64)>),
+    /// `MOVED` or `ASK`: the cluster moved (or is moving) the slot.
+    Redirected,
 }
 
 /// Why the Redis store could not start.
@@ -663,6 +719,19 @@ impl RedisStore {
     /// The first slot each primary of the cluster serves, in order: a
     /// stable name for the node that the cluster client can route by.
     async fn primaries_by_first_slot(&self) -> Result<Vec<u16>, StoreError> {
+        let mut firsts: Vec<u16> = self
+            .cluster_primaries()
+            .await?
+            .iter()
+            .filter_map(|primary| primary.slots.first().map(|&(start, _)| start))
+            .collect();
+        firsts.sort_unstable();
+        Ok(firsts)
+    }
+
+    /// The primaries of the cluster and the slots each serves, in the order
+    /// of their first slot, as a node (any) sees them now.
+    pub(crate) async fn cluster_primaries(&self) -> Result<Vec<Primary>, StoreError> {
         let ranges: Vec<Value> = self
             .bounded_at(0, |connection| async move {
                 let Connection::Cluster(mut cluster) = connection else {
@@ -679,44 +748,70 @@ impl RedisStore {
             })
             .await?;
         // Each range: start, end, then the primary as [host, port, id, …].
-        let mut first_by_node: std::collections::HashMap<Vec<u8>, u16> = std::collections::HashMap::new();
+        let mut primaries: Vec<Primary> = Vec::new();
         for range in ranges {
             let Value::Array(fields) = range else { continue };
-            let (Some(Value::Int(start)), Some(Value::Array(primary))) = (fields.first(), fields.get(2)) else {
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
                 continue;
             };
-            let Ok(start) = u16::try_from(*start) else { continue };
-            let node = match primary.get(2) {
-                Some(Value::BulkString(id)) => id.clone(),
-                _ => format!("{primary:?}").into_bytes(),
+            let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else {
+                continue;
             };
-            let first = first_by_node.entry(node).or_insert(start);
-            *first = (*first).min(start);
+            let host = match primary.first() {
+                Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                Some(Value::SimpleString(host)) => host.clone(),
+                _ => continue,
+            };
+            let Some(Ok(port)) = primary.get(1).map(|port| match port {
+                Value::Int(port) => u16::try_from(*port).map_err(drop),
+                _ => Err(()),
+            }) else {
+                continue;
+            };
+            let id = match primary.get(2) {
+                Some(Value::BulkString(id)) => id.clone(),
+                _ => format!("{host}:{port}").into_bytes(),
+            };
+            match primaries.iter_mut().find(|known| known.id == id) {
+                Some(known) => known.slots.push((start, end)),
+                None => primaries.push(Primary {
+                    id,
+                    host,
+                    port,
+                    slots: vec![(start, end)],
+                }),
+            }
         }
-        let mut firsts: Vec<u16> = first_by_node.into_values().collect();
-        firsts.sort_unstable();
-        if firsts.is_empty() {
+        for primary in &mut primaries {
+            primary.slots.sort_unstable();
+        }
+        primaries.sort_by_key(|primary| primary.slots.first().copied());
+        if primaries.is_empty() {
             return Err(StoreError::Unavailable("the cluster reports no slots served".into()));
         }
-        Ok(firsts)
+        Ok(primaries)
     }
 
-    /// The values of `keys` and their remaining lifetimes (`PTTL`: -1 for
-    /// none, -2 when gone) read over `connection`, in one round trip, with
-    /// the deadline and breaker of any call: `GET` for one key, or `MGET`
-    /// when `many` (as [`Store::get`] and [`Store::get_many`] read them on a
-    /// single server: `MGET` answers nil for a value of another type where
-    /// `GET` fails), then a `PTTL` per key. The near cache reads through here: Redis tracks the
-    /// keys a connection reads, so its tracking connection, not the shared
-    /// one, must send the reads.
+    /// The values of `keys` and their remaining lifetimes read over
+    /// `connection`, in one round trip, with the deadline and breaker of any
+    /// call: `GET` for one key, or `MGET` when `many` (as [`Store::get`] and
+    /// [`Store::get_many`] read them on a single server: `MGET` answers nil
+    /// for a value of another type where `GET` fails), then a `PTTL` per
+    /// key. The near cache reads through here: Redis tracks the keys a
+    /// connection reads, so its tracking connection, not the shared one,
+    /// must send the reads. On a cluster `connection` is to the primary the
+    /// near cache believes serves the keys' slot; if it does not (any
+    /// longer), the read is [`TrackedRead::Redirected`].
     pub(crate) async fn read_tracked(
         &self,
         connection: &MultiplexedConnection,
         keys: &[&str],
         many: bool,
-    ) -> Result<Vec<(Option<Vec<u8>>, i64)>, StoreError> {
+    ) -> Result<TrackedRead, StoreError> {
         let Some(first) = keys.first() else {
-            return Ok(Vec::new());
+            return Ok(TrackedRead::Values(Vec::new()));
         };
         let mut pipeline = redis::pipe();
         // Error replies come back as values, to be told apart (`WRONGTYPE`).
@@ -734,6 +829,9 @@ impl RedisStore {
             .await?;
         let unexpected = || StoreError::Other("unexpected reply to a tracked read".into());
         if let Some(Value::ServerError(error)) = replies.iter().find(|reply| matches!(reply, Value::ServerError(_))) {
+            if ["MOVED", "ASK"].contains(&error.code()) {
+                return Ok(TrackedRead::Redirected);
+            }
             return Err(classify(&error.clone().into()));
         }
         if replies.len() != keys.len() + 1 {
@@ -752,7 +850,8 @@ impl RedisStore {
             .into_iter()
             .zip(ttls)
             .map(|(value, ttl)| Ok((value, i64::from_redis_value(ttl).map_err(|e| classify(&e.into()))?)))
-            .collect()
+            .collect::<Result<_, StoreError>>()
+            .map(TrackedRead::Values)
     }
 
     async fn invoke<T: FromRedisValue + Send>(
