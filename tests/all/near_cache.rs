@@ -549,3 +549,64 @@ async fn on_a_cluster_a_hit_costs_one_redis_round_trip() {
     }
     assert_eq!(all, BTreeMap::from([("evalsha".to_owned(), 30)]));
 }
+
+/// A primary that dies costs the near cache its own keys only: the keys of
+/// the other primaries are held near again at once, and the dead one's are
+/// kept again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let (near, keyspace) = near_cache_on_cluster(&cluster).await;
+    let keys: Vec<String> = (0..12).map(|n| format!("k{n}")).collect();
+    let owners: Vec<usize> = keys
+        .iter()
+        .map(|key| cluster.owner_of(&format!("near:{key}")))
+        .collect();
+    for key in &keys {
+        keyspace.set(key, b"v", None, false).await.unwrap();
+        keyspace.get(key).await.unwrap();
+    }
+    let dead = owners[0];
+    let live = *owners.iter().find(|&&owner| owner != dead).unwrap();
+    let flushes = keyspace_metric(&keyspace, "near_cache_flushes_total");
+    cluster.kill(dead);
+
+    // Losing one tracking connection empties the near cache, which then
+    // serves again on the primaries that answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(near.is_serving() && keyspace_metric(&keyspace, "near_cache_flushes_total") >= flushes + 2) {
+        assert!(Instant::now() < deadline, "the near cache never served again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let monitor = cluster.nodes[live].monitor();
+    for (key, &owner) in keys.iter().zip(&owners) {
+        let read = keyspace.get(key).await;
+        match owner == dead {
+            true => assert!(read.is_err(), "{key} on the dead primary: {read:?}"),
+            false => {
+                assert_eq!(read.unwrap().as_deref(), Some(&b"v"[..]));
+                assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
+            }
+        }
+    }
+    let on_live = owners.iter().filter(|&&owner| owner == live).count() as u64;
+    let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
+    assert_eq!(gets, on_live, "each key of a live primary read from it once");
+
+    // Back (empty: no persistence), the primary's keys are kept again.
+    cluster.nodes[dead].restart();
+    let key = &keys[0];
+    keyspace.set(key, b"again", None, false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let monitor = cluster.nodes[dead].monitor();
+        for _ in 0..3 {
+            assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"again"[..]));
+        }
+        if commands_sent(monitor).get("get").copied().unwrap_or(0) <= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{key} never held near again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

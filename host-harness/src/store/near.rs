@@ -43,7 +43,7 @@
 use super::breaker::{BreakerGauges, SLOTS, key_slot};
 use super::redis::{ConnectError, Primary, RedisClusterConfig, RedisConfig, RedisStore, TrackedRead};
 use super::{BoundedIncr, CasOutcome, KeyPage, Store, StoreError, StoreFuture, Ttl};
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -147,7 +147,9 @@ enum Target {
 /// The connections Redis tracks reads on, and which set they are.
 struct Tracking {
     id: u64,
-    connections: Vec<MultiplexedConnection>,
+    /// `None` for a cluster primary that could not be reached: its keys
+    /// are read through the store, keeping nothing.
+    connections: Vec<Option<MultiplexedConnection>>,
     /// On a cluster, for each slot, the index of the connection to the
     /// primary serving it ([`UNSERVED`] if none does); empty for one
     /// server.
@@ -160,17 +162,27 @@ const UNSERVED: u16 = u16::MAX;
 impl Tracking {
     /// The connection to read `key` over; `None` when no primary serves it.
     fn connection_for(&self, key: &str) -> Option<&MultiplexedConnection> {
-        if self.slots.is_empty() {
-            return self.connections.first();
-        }
-        let index = self.slots[usize::from(key_slot(key.as_bytes()))];
-        self.connections.get(usize::from(index))
+        let index = match self.slots.is_empty() {
+            true => 0,
+            false => usize::from(self.slots[usize::from(key_slot(key.as_bytes()))]),
+        };
+        self.connections.get(index)?.as_ref()
+    }
+
+    /// How many connections there are, and how many primaries have none.
+    fn counts(&self) -> (usize, usize) {
+        let missing = self
+            .connections
+            .iter()
+            .filter(|connection| connection.is_none())
+            .count();
+        (self.connections.len() - missing, missing)
     }
 
     /// Answers once every connection answered a `PING`, whose reply
     /// follows every invalidation sent on it before.
     async fn ping_all(&self) -> Result<(), RedisError> {
-        try_join_all(self.connections.iter().map(|connection| {
+        try_join_all(self.connections.iter().flatten().map(|connection| {
             let mut connection = connection.clone();
             async move { redis::cmd("PING").query_async::<Value>(&mut connection).await }
         }))
@@ -324,6 +336,17 @@ impl Near {
         self.serving.store(true, Ordering::Release);
     }
 
+    /// Replaces connections `id` with `tracking`, the same set with more
+    /// primaries reached, if they are still the ones in use.
+    fn extend(&self, tracking: Tracking) -> bool {
+        let mut current = self.tracking.write().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_none_or(|current| current.id != tracking.id) {
+            return false;
+        }
+        *current = Some(Arc::new(tracking));
+        true
+    }
+
     /// Stops serving, if connections `id` are the ones in use: from now on
     /// invalidations may be missed.
     fn suspend(&self, id: u64) {
@@ -347,172 +370,232 @@ impl Near {
     }
 }
 
-/// Keeps the tracking connections up while the near cache lives:
-/// connects, turns tracking on, serves; when a connection is lost (its
-/// reader reports it), stops answering the heartbeat, or the cluster's
-/// slots moved, stops serving and connects anew.
-async fn track(
+/// The background task that keeps the tracking connections up while the
+/// near cache lives.
+struct Tracker {
     near: Weak<Near>,
     target: Target,
     redis: RedisStore,
     connect_timeout: Duration,
     command_timeout: Duration,
-) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut id = 0;
-    let mut reported = false;
-    loop {
-        id += 1;
-        let opened = timeout(
-            connect_timeout + command_timeout,
-            open(&near, id, &target, &redis, connect_timeout, command_timeout),
-        )
-        .await;
-        let Some(shared) = near.upgrade() else { return };
-        match opened {
-            Ok(Ok((tracking, primaries))) => {
-                let redirected = shared.redirected.clone();
-                let connections = tracking.connections.len();
-                shared.resume(tracking);
-                drop(shared);
-                tracing::info!(
-                    target: "edge_cache::near_cache",
-                    connections,
-                    "near cache serving: Redis tracks its reads"
-                );
-                backoff = FIRST_BACKOFF;
-                reported = false;
-                let Some(why) = watch(&near, id, &redis, &primaries, &redirected, command_timeout).await else {
-                    return;
-                };
-                tracing::warn!(
-                    target: "edge_cache::near_cache",
-                    "near cache emptied and off: {why}; reconnecting"
-                );
-            }
-            failure => {
-                drop(shared);
-                if !reported {
-                    let error = match failure {
-                        Ok(Err(error)) => error,
-                        _ => "no answer in time".to_owned(),
+}
+
+impl Tracker {
+    /// Connects, turns tracking on, serves; when a connection is lost (its
+    /// reader reports it), stops answering the heartbeat, or the cluster's
+    /// slots moved, stops serving and connects anew.
+    async fn run(self) {
+        let mut backoff = FIRST_BACKOFF;
+        let mut id = 0;
+        let mut reported = false;
+        loop {
+            id += 1;
+            let opened = timeout(self.connect_timeout + self.command_timeout, self.open(id)).await;
+            let Some(shared) = self.near.upgrade() else { return };
+            match opened {
+                Ok(Ok((tracking, primaries))) => {
+                    let redirected = shared.redirected.clone();
+                    let (connections, missing) = tracking.counts();
+                    shared.resume(tracking);
+                    drop(shared);
+                    tracing::info!(
+                        target: "edge_cache::near_cache",
+                        connections,
+                        "near cache serving: Redis tracks its reads"
+                    );
+                    if missing > 0 {
+                        tracing::warn!(
+                            target: "edge_cache::near_cache",
+                            "near cache: {missing} cluster primaries unreachable; their keys are read \
+                             from Redis each time until they are"
+                        );
+                    }
+                    backoff = FIRST_BACKOFF;
+                    reported = false;
+                    let Some(why) = self.watch(id, &primaries, &redirected).await else {
+                        return;
                     };
                     tracing::warn!(
                         target: "edge_cache::near_cache",
-                        %error,
-                        "near cache off: no tracking connection to Redis; retrying"
+                        "near cache emptied and off: {why}; reconnecting"
                     );
-                    reported = true;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                failure => {
+                    drop(shared);
+                    if !reported {
+                        let error = match failure {
+                            Ok(Err(error)) => error,
+                            _ => "no answer in time".to_owned(),
+                        };
+                        tracing::warn!(
+                            target: "edge_cache::near_cache",
+                            %error,
+                            "near cache off: no tracking connection to Redis; retrying"
+                        );
+                        reported = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
     }
-}
 
-/// Opens tracking connections `id`: the server's, or one to each primary
-/// of the cluster with the map of which serves each slot (and the
-/// primaries as `CLUSTER SLOTS` named them, to tell when they change).
-async fn open(
-    near: &Weak<Near>,
-    id: u64,
-    target: &Target,
-    redis: &RedisStore,
-    connect_timeout: Duration,
-    command_timeout: Duration,
-) -> Result<(Tracking, Vec<Primary>), String> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(command_timeout))
-        .set_push_sender(push_sender(near.clone(), id));
-    let connect = |client: Client| {
-        let config = config.clone();
-        async move {
-            let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .query_async::<()>(&mut connection)
-                .await?;
-            Ok::<_, RedisError>(connection)
-        }
-    };
-    match target {
-        Target::Server(client) => {
-            let connection = connect(client.clone()).await.map_err(|error| error.to_string())?;
-            let tracking = Tracking {
-                id,
-                connections: vec![connection],
-                slots: Box::default(),
-            };
-            Ok((tracking, Vec::new()))
-        }
-        Target::Cluster(config) => {
-            let primaries = redis.cluster_primaries().await.map_err(|error| error.to_string())?;
-            let clients = primaries
-                .iter()
-                .map(|primary| config.node_client(&primary.host, primary.port, ProtocolVersion::RESP3))
-                .collect::<Result<Vec<Client>, ConnectError>>()
-                .map_err(|error| error.to_string())?;
-            let connections = try_join_all(clients.into_iter().map(connect))
+    /// A connection of set `id` to `client`, with tracking on.
+    async fn connect(&self, id: u64, client: Client) -> Result<MultiplexedConnection, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_push_sender(push_sender(self.near.clone(), id));
+        let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(connection)
+    }
+
+    /// A connection of set `id` to `primary`.
+    async fn connect_primary(&self, id: u64, primary: &Primary) -> Result<MultiplexedConnection, String> {
+        let Target::Cluster(config) = &self.target else {
+            return Err("not a cluster".into());
+        };
+        let client = config
+            .node_client(&primary.host, primary.port, ProtocolVersion::RESP3)
+            .map_err(|error| error.to_string())?;
+        self.connect(id, client).await.map_err(|error| error.to_string())
+    }
+
+    /// Opens tracking connections `id`: the server's, or one to each
+    /// primary of the cluster that answers, with the map of which serves
+    /// each slot (and the primaries as `CLUSTER SLOTS` named them, to tell
+    /// when they change). A primary that does not answer costs its own
+    /// keys only: they are read from Redis each time until it does.
+    async fn open(&self, id: u64) -> Result<(Tracking, Vec<Primary>), String> {
+        if let Target::Server(client) = &self.target {
+            let connection = self
+                .connect(id, client.clone())
                 .await
                 .map_err(|error| error.to_string())?;
-            let mut slots = vec![UNSERVED; SLOTS].into_boxed_slice();
-            for (index, primary) in primaries.iter().enumerate() {
-                let index = u16::try_from(index).map_err(|_| "more primaries than slots".to_owned())?;
-                for &(start, end) in &primary.slots {
-                    for slot in start..=end {
-                        if let Some(entry) = slots.get_mut(usize::from(slot)) {
-                            *entry = index;
-                        }
+            let tracking = Tracking {
+                id,
+                connections: vec![Some(connection)],
+                slots: Box::default(),
+            };
+            return Ok((tracking, Vec::new()));
+        }
+        let primaries = self
+            .redis
+            .cluster_primaries()
+            .await
+            .map_err(|error| error.to_string())?;
+        let connected = join_all(primaries.iter().map(|primary| self.connect_primary(id, primary))).await;
+        if let Some(Err(error)) = connected.iter().find(|connection| connection.is_err())
+            && connected.iter().all(Result::is_err)
+        {
+            return Err(error.clone());
+        }
+        let mut slots = vec![UNSERVED; SLOTS].into_boxed_slice();
+        for (index, primary) in primaries.iter().enumerate() {
+            let index = u16::try_from(index).map_err(|_| "more primaries than slots".to_owned())?;
+            for &(start, end) in &primary.slots {
+                for slot in start..=end {
+                    if let Some(entry) = slots.get_mut(usize::from(slot)) {
+                        *entry = index;
                     }
                 }
             }
-            Ok((Tracking { id, connections, slots }, primaries))
+        }
+        let tracking = Tracking {
+            id,
+            connections: connected.into_iter().map(Result::ok).collect(),
+            slots,
+        };
+        Ok((tracking, primaries))
+    }
+
+    /// Returns why tracking connections `id` are no longer the ones in
+    /// use, or `None` once the near cache is gone. Every [`HEARTBEAT`], or
+    /// at once when a read was redirected, pings each connection, connects
+    /// to the primaries that were unreachable and, on a cluster, compares
+    /// `primaries` with what `CLUSTER SLOTS` says now.
+    async fn watch(&self, id: u64, primaries: &[Primary], redirected: &Notify) -> Option<&'static str> {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(HEARTBEAT) => {}
+                () = redirected.notified() => {}
+            }
+            let shared = self.near.upgrade()?;
+            let tracking = shared.tracking().filter(|tracking| tracking.id == id);
+            drop(shared);
+            let Some(tracking) = tracking else {
+                return Some("a tracking connection to Redis was lost");
+            };
+            let answered = timeout(self.command_timeout, tracking.ping_all()).await;
+            let why = if !matches!(answered, Ok(Ok(()))) {
+                "a tracking connection to Redis stopped answering"
+            } else if primaries.is_empty() {
+                continue;
+            } else {
+                match timeout(self.command_timeout, self.redis.cluster_primaries()).await {
+                    Ok(Ok(now)) if now != primaries => "the cluster's slots moved",
+                    // Unchanged, or not known now: the pings judge the connections.
+                    _ => {
+                        self.reach_missing(&tracking, primaries).await;
+                        continue;
+                    }
+                }
+            };
+            if let Some(shared) = self.near.upgrade() {
+                shared.suspend(id);
+            }
+            return Some(why);
         }
     }
-}
 
-/// Returns why tracking connections `id` are no longer the ones in use,
-/// or `None` once the near cache is gone. Every [`HEARTBEAT`], or at once
-/// when a read was redirected, pings each connection and, on a cluster,
-/// compares its `primaries` with what `CLUSTER SLOTS` says now.
-async fn watch(
-    near: &Weak<Near>,
-    id: u64,
-    redis: &RedisStore,
-    primaries: &[Primary],
-    redirected: &Notify,
-    command_timeout: Duration,
-) -> Option<&'static str> {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(HEARTBEAT) => {}
-            () = redirected.notified() => {}
+    /// Connects to the primaries of `tracking` that were unreachable, and
+    /// serves their keys too from then on. Nothing of theirs was kept, so
+    /// nothing needs emptying.
+    async fn reach_missing(&self, tracking: &Tracking, primaries: &[Primary]) {
+        let missing: Vec<usize> = (0..tracking.connections.len())
+            .filter(|&index| tracking.connections[index].is_none())
+            .collect();
+        if missing.is_empty() {
+            return;
         }
-        let shared = near.upgrade()?;
-        let tracking = shared.tracking().filter(|tracking| tracking.id == id);
-        drop(shared);
-        let Some(tracking) = tracking else {
-            return Some("a tracking connection to Redis was lost");
-        };
-        let answered = timeout(command_timeout, tracking.ping_all()).await;
-        let why = if !matches!(answered, Ok(Ok(()))) {
-            "a tracking connection to Redis stopped answering"
-        } else if primaries.is_empty() {
-            continue;
-        } else {
-            match timeout(command_timeout, redis.cluster_primaries()).await {
-                Ok(Ok(now)) if now != primaries => "the cluster's slots moved",
-                // Unchanged, or not known now: the pings judge the connections.
-                _ => continue,
+        let reached = join_all(missing.iter().map(|&index| async move {
+            let connection = timeout(
+                self.connect_timeout + self.command_timeout,
+                self.connect_primary(tracking.id, &primaries[index]),
+            )
+            .await;
+            (index, connection)
+        }))
+        .await;
+        let mut connections = tracking.connections.clone();
+        let mut added = 0;
+        for (index, connection) in reached {
+            if let Ok(Ok(connection)) = connection {
+                connections[index] = Some(connection);
+                added += 1;
             }
-        };
-        if let Some(shared) = near.upgrade() {
-            shared.suspend(id);
         }
-        return Some(why);
+        if added == 0 {
+            return;
+        }
+        let Some(shared) = self.near.upgrade() else { return };
+        let extended = Tracking {
+            id: tracking.id,
+            connections,
+            slots: tracking.slots.clone(),
+        };
+        if shared.extend(extended) {
+            tracing::info!(
+                target: "edge_cache::near_cache",
+                "near cache: {added} more cluster primaries reached; their keys are kept too"
+            );
+        }
     }
 }
 
@@ -570,13 +653,14 @@ impl NearCache {
         command_timeout: Duration,
     ) -> Self {
         let near = Arc::new(Near::new(near));
-        tokio::spawn(track(
-            Arc::downgrade(&near),
+        let tracker = Tracker {
+            near: Arc::downgrade(&near),
             target,
-            redis.clone(),
+            redis: redis.clone(),
             connect_timeout,
             command_timeout,
-        ));
+        };
+        tokio::spawn(tracker.run());
         // An unreachable Redis was already waited for, and reported.
         let reachable = redis.readiness().is_ok();
         let deadline = Instant::now() + connect_timeout * 2;
@@ -626,7 +710,7 @@ impl NearCache {
             return self.read_untracked(keys, many).await;
         };
         if tracking.slots.is_empty() {
-            let Some(connection) = tracking.connections.first() else {
+            let Some(connection) = tracking.connections.first().and_then(Option::as_ref) else {
                 return self.read_untracked(keys, many).await;
             };
             return self.read_kept(connection, keys, many).await;
