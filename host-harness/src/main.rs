@@ -142,7 +142,7 @@ struct ServeArgs {
     /// Keep recently read values in the harness too, up to this size (e.g.
     /// 16MB), coherent with Redis through its client-side caching (CLIENT
     /// TRACKING): a write by any client invalidates. Needs --redis-url or
-    /// --redis-cluster-urls (a connection per primary). Off by default.
+    /// --redis-cluster-url (a connection per primary). Off by default.
     #[arg(long, env = "EDGE_CACHE_NEAR_CACHE", value_parser = parse_size)]
     near_cache: Option<u64>,
 
@@ -461,7 +461,7 @@ impl ServeArgs {
 fn check_near_cache(near_cache: Option<u64>, redis: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         near_cache.is_none() || redis,
-        "--near-cache needs Redis (--redis-url or --redis-cluster-urls): the embedded store is in the harness already"
+        "--near-cache needs Redis (--redis-url or --redis-cluster-url): the embedded store is in the harness already"
     );
     Ok(())
 }

@@ -19,7 +19,9 @@
 //! then answered through the cluster client, keeping nothing, while the
 //! map is fetched again. The map is compared with `CLUSTER SLOTS` every
 //! [`HEARTBEAT`] too; when it changed, or any primary's connection is lost,
-//! the near cache is emptied and every connection opened anew.
+//! the near cache is emptied and every connection opened anew. A primary
+//! that cannot be reached then costs its own keys only: they are read
+//! through the cluster client, keeping nothing, until it answers again.
 //!
 //! What a client of the harness sees:
 //! - `get` and `get-many` (each key) are answered from the near cache when
@@ -38,7 +40,6 @@
 //!   A connection that stops answering without closing is found by a
 //!   `PING` every [`HEARTBEAT`]; until then (at most that and the command
 //!   timeout) its values are served as they were.
-//!
 
 use super::breaker::{BreakerGauges, SLOTS, key_slot};
 use super::redis::{ConnectError, Primary, RedisClusterConfig, RedisConfig, RedisStore, TrackedRead};
@@ -57,6 +58,9 @@ use tokio::time::timeout;
 
 /// How often an idle tracking connection is checked with a `PING`.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The soonest the slot map is checked again after a read was redirected.
+const REDIRECTED_RECHECK: Duration = Duration::from_millis(100);
 
 /// Shards of the invalidation generations: more shards, fewer fills
 /// skipped because another key of the shard changed meanwhile.
@@ -521,11 +525,15 @@ impl Tracker {
     /// to the primaries that were unreachable and, on a cluster, compares
     /// `primaries` with what `CLUSTER SLOTS` says now.
     async fn watch(&self, id: u64, primaries: &[Primary], redirected: &Notify) -> Option<&'static str> {
+        let mut checked = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                () = tokio::time::sleep(HEARTBEAT) => {}
-                () = redirected.notified() => {}
+                () = tokio::time::sleep_until(checked + HEARTBEAT) => {}
+                // A slot being migrated redirects many reads: one check
+                // per REDIRECTED_RECHECK is enough.
+                () = redirected.notified() => tokio::time::sleep_until(checked + REDIRECTED_RECHECK).await,
             }
+            checked = tokio::time::Instant::now();
             let shared = self.near.upgrade()?;
             let tracking = shared.tracking().filter(|tracking| tracking.id == id);
             drop(shared);
