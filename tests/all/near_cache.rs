@@ -610,3 +610,72 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A primary that stops answering without closing (SIGSTOP) is found by
+/// the heartbeat; the near cache then serves the other primaries' keys
+/// again, without waiting for it, and its own once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_frozen_primary_costs_only_its_own_keys() {
+    let cluster = RedisCluster::start(3, 0);
+    let StoreConfig::RedisCluster(config) = cluster.store() else {
+        panic!("a Redis Cluster configuration")
+    };
+    let config = edge_cache_harness::store::redis::RedisClusterConfig {
+        command_timeout: Duration::from_secs(1),
+        ..config
+    };
+    let near = Arc::new(
+        NearCache::connect_cluster(&config, NearCacheConfig::new(1 << 20))
+            .await
+            .expect("connect"),
+    );
+    let keyspace = Keyspace::new(near.clone(), "near", Limits::default()).unwrap();
+    let keys: Vec<String> = (0..12).map(|n| format!("k{n}")).collect();
+    let owners: Vec<usize> = keys
+        .iter()
+        .map(|key| cluster.owner_of(&format!("near:{key}")))
+        .collect();
+    for key in &keys {
+        keyspace.set(key, b"v", None, false).await.unwrap();
+        keyspace.get(key).await.unwrap();
+    }
+    let frozen = owners[0];
+    let live = *owners.iter().find(|&&owner| owner != frozen).unwrap();
+    let flushes = keyspace_metric(&keyspace, "near_cache_flushes_total");
+    cluster.nodes[frozen].freeze();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(near.is_serving() && keyspace_metric(&keyspace, "near_cache_flushes_total") >= flushes + 2) {
+        assert!(Instant::now() < deadline, "the near cache never served again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let monitor = cluster.nodes[live].monitor();
+    for (key, &owner) in keys.iter().zip(&owners) {
+        if owner != frozen {
+            assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
+            assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
+        }
+    }
+    let on_live = owners.iter().filter(|&&owner| owner == live).count() as u64;
+    let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
+    assert_eq!(gets, on_live, "each key of a live primary read from it once");
+
+    cluster.nodes[frozen].thaw();
+    let key = &keys[0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let monitor = cluster.nodes[frozen].monitor();
+        let mut read = true;
+        for _ in 0..3 {
+            read &= keyspace
+                .get(key)
+                .await
+                .is_ok_and(|value| value.as_deref() == Some(&b"v"[..]));
+        }
+        if read && commands_sent(monitor).get("get").copied().unwrap_or(0) <= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{key} never held near again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

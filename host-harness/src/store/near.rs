@@ -382,19 +382,28 @@ struct Tracker {
     redis: RedisStore,
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// Whether a task is trying to reach unreachable primaries.
+    reaching: AtomicBool,
 }
 
 impl Tracker {
+    /// How long one connection may take to open and turn tracking on.
+    fn connection_deadline(&self) -> Duration {
+        self.connect_timeout + self.command_timeout
+    }
+
     /// Connects, turns tracking on, serves; when a connection is lost (its
     /// reader reports it), stops answering the heartbeat, or the cluster's
     /// slots moved, stops serving and connects anew.
-    async fn run(self) {
+    async fn run(self: Arc<Self>) {
         let mut backoff = FIRST_BACKOFF;
         let mut id = 0;
         let mut reported = false;
         loop {
             id += 1;
-            let opened = timeout(self.connect_timeout + self.command_timeout, self.open(id)).await;
+            // Each step of opening has a deadline of its own (a cluster's
+            // slots, then each primary); this one bounds them all.
+            let opened = timeout(self.command_timeout + self.connection_deadline(), self.open(id)).await;
             let Some(shared) = self.near.upgrade() else { return };
             match opened {
                 Ok(Ok((tracking, primaries))) => {
@@ -416,7 +425,7 @@ impl Tracker {
                     }
                     backoff = FIRST_BACKOFF;
                     reported = false;
-                    let Some(why) = self.watch(id, &primaries, &redirected).await else {
+                    let Some(why) = self.clone().watch(id, &primaries, &redirected).await else {
                         return;
                     };
                     tracing::warn!(
@@ -494,7 +503,12 @@ impl Tracker {
             .cluster_primaries()
             .await
             .map_err(|error| error.to_string())?;
-        let connected = join_all(primaries.iter().map(|primary| self.connect_primary(id, primary))).await;
+        let connected = join_all(primaries.iter().map(|primary| async move {
+            timeout(self.connection_deadline(), self.connect_primary(id, primary))
+                .await
+                .unwrap_or_else(|_| Err(format!("{}:{} did not answer in time", primary.host, primary.port)))
+        }))
+        .await;
         if let Some(Err(error)) = connected.iter().find(|connection| connection.is_err())
             && connected.iter().all(Result::is_err)
         {
@@ -524,7 +538,7 @@ impl Tracker {
     /// at once when a read was redirected, pings each connection, connects
     /// to the primaries that were unreachable and, on a cluster, compares
     /// `primaries` with what `CLUSTER SLOTS` says now.
-    async fn watch(&self, id: u64, primaries: &[Primary], redirected: &Notify) -> Option<&'static str> {
+    async fn watch(self: Arc<Self>, id: u64, primaries: &[Primary], redirected: &Notify) -> Option<&'static str> {
         let mut checked = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -550,7 +564,7 @@ impl Tracker {
                     Ok(Ok(now)) if now != primaries => "the cluster's slots moved",
                     // Unchanged, or not known now: the pings judge the connections.
                     _ => {
-                        self.reach_missing(&tracking, primaries).await;
+                        self.reach_missing(&tracking, primaries);
                         continue;
                     }
                 }
@@ -563,47 +577,50 @@ impl Tracker {
     }
 
     /// Connects to the primaries of `tracking` that were unreachable, and
-    /// serves their keys too from then on. Nothing of theirs was kept, so
-    /// nothing needs emptying.
-    async fn reach_missing(&self, tracking: &Tracking, primaries: &[Primary]) {
-        let missing: Vec<usize> = (0..tracking.connections.len())
+    /// serves their keys too from then on; in a task of its own (one at a
+    /// time), so that a primary slow to answer does not hold up the
+    /// heartbeat. Nothing of theirs was kept, so nothing needs emptying.
+    fn reach_missing(self: &Arc<Self>, tracking: &Arc<Tracking>, primaries: &[Primary]) {
+        let missing: Vec<(usize, Primary)> = (0..tracking.connections.len())
             .filter(|&index| tracking.connections[index].is_none())
+            .filter_map(|index| Some((index, primaries.get(index)?.clone())))
             .collect();
-        if missing.is_empty() {
+        if missing.is_empty() || self.reaching.swap(true, Ordering::AcqRel) {
             return;
         }
-        let reached = join_all(missing.iter().map(|&index| async move {
-            let connection = timeout(
-                self.connect_timeout + self.command_timeout,
-                self.connect_primary(tracking.id, &primaries[index]),
-            )
+        let (tracker, tracking) = (self.clone(), tracking.clone());
+        tokio::spawn(async move {
+            let reached = join_all(missing.iter().map(|(index, primary)| async {
+                let connection = timeout(
+                    tracker.connection_deadline(),
+                    tracker.connect_primary(tracking.id, primary),
+                )
+                .await;
+                (*index, connection)
+            }))
             .await;
-            (index, connection)
-        }))
-        .await;
-        let mut connections = tracking.connections.clone();
-        let mut added = 0;
-        for (index, connection) in reached {
-            if let Ok(Ok(connection)) = connection {
-                connections[index] = Some(connection);
-                added += 1;
+            tracker.reaching.store(false, Ordering::Release);
+            let mut connections = tracking.connections.clone();
+            let mut added = 0;
+            for (index, connection) in reached {
+                if let Ok(Ok(connection)) = connection {
+                    connections[index] = Some(connection);
+                    added += 1;
+                }
             }
-        }
-        if added == 0 {
-            return;
-        }
-        let Some(shared) = self.near.upgrade() else { return };
-        let extended = Tracking {
-            id: tracking.id,
-            connections,
-            slots: tracking.slots.clone(),
-        };
-        if shared.extend(extended) {
-            tracing::info!(
-                target: "edge_cache::near_cache",
-                "near cache: {added} more cluster primaries reached; their keys are kept too"
-            );
-        }
+            let Some(shared) = tracker.near.upgrade() else { return };
+            let extended = Tracking {
+                id: tracking.id,
+                connections,
+                slots: tracking.slots.clone(),
+            };
+            if added > 0 && shared.extend(extended) {
+                tracing::info!(
+                    target: "edge_cache::near_cache",
+                    "near cache: {added} more cluster primaries reached; their keys are kept too"
+                );
+            }
+        });
     }
 }
 
@@ -661,13 +678,14 @@ impl NearCache {
         command_timeout: Duration,
     ) -> Self {
         let near = Arc::new(Near::new(near));
-        let tracker = Tracker {
+        let tracker = Arc::new(Tracker {
             near: Arc::downgrade(&near),
             target,
             redis: redis.clone(),
             connect_timeout,
             command_timeout,
-        };
+            reaching: AtomicBool::new(false),
+        });
         tokio::spawn(tracker.run());
         // An unreachable Redis was already waited for, and reported.
         let reachable = redis.readiness().is_ok();
