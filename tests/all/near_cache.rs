@@ -8,6 +8,7 @@ use edge_cache_harness::StoreConfig;
 use edge_cache_harness::keyspace::{Keyspace, Limits};
 use edge_cache_harness::metrics::Metrics;
 use edge_cache_harness::store::StoreError;
+use edge_cache_harness::store::breaker::{CLUSTER_RANGES, key_slot};
 use edge_cache_harness::store::near::{NearCache, NearCacheConfig};
 use edge_cache_tests::{Monitor, RedisCluster, RedisServer, Served, config};
 use std::collections::BTreeMap;
@@ -550,6 +551,18 @@ async fn on_a_cluster_a_hit_costs_one_redis_round_trip() {
     assert_eq!(all, BTreeMap::from([("evalsha".to_owned(), 30)]));
 }
 
+/// Twelve keys, the first in the lowest slots (those of the store's first
+/// breaker): the primary serving them is the one the fault tests take
+/// away, so that its open breaker is seen not to stop the near cache from
+/// reading the cluster's slot map.
+fn keys_from_slot_zero_on() -> Vec<String> {
+    let first = (0..)
+        .map(|n| format!("low{n}"))
+        .find(|key| usize::from(key_slot(format!("near:{key}").as_bytes())) < 16_384 / CLUSTER_RANGES)
+        .unwrap();
+    std::iter::once(first).chain((0..11).map(|n| format!("k{n}"))).collect()
+}
+
 /// A primary that dies costs the near cache its own keys only: the keys of
 /// the other primaries are held near again at once, and the dead one's are
 /// kept again once it is back.
@@ -557,7 +570,7 @@ async fn on_a_cluster_a_hit_costs_one_redis_round_trip() {
 async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
     let mut cluster = RedisCluster::start(3, 0);
     let (near, keyspace) = near_cache_on_cluster(&cluster).await;
-    let keys: Vec<String> = (0..12).map(|n| format!("k{n}")).collect();
+    let keys = keys_from_slot_zero_on();
     let owners: Vec<usize> = keys
         .iter()
         .map(|key| cluster.owner_of(&format!("near:{key}")))
@@ -593,10 +606,45 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
     let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
     assert_eq!(gets, on_live, "each key of a live primary read from it once");
 
-    // Back (empty: no persistence), the primary's keys are kept again.
+    // Reads of the dead primary's keys open the breaker of their slots
+    // (the lowest ones). The slot map is read past breakers, so a slot
+    // moved between the live primaries now is still followed.
+    for _ in 0..3 {
+        assert!(keyspace.get(&keys[0]).await.is_err());
+    }
+    let moving = keys.iter().zip(&owners).find(|&(_, &owner)| owner == live).unwrap().0;
+    let other = *cluster
+        .masters()
+        .iter()
+        .find(|&&node| node != live && node != dead)
+        .unwrap();
+    cluster.move_slot_of(&format!("near:{moving}"), other);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let monitor = cluster.nodes[other].monitor();
+        for _ in 0..3 {
+            assert_eq!(keyspace.get(moving).await.unwrap().as_deref(), Some(&b"v"[..]));
+        }
+        if commands_sent(monitor).get("get").copied().unwrap_or(0) <= 1 && near.is_serving() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{moving} not held near after its slot moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reading the slot map never passed for a probe of the dead primary's
+    // slots: their breaker is still open.
+    let still = keyspace.get(&keys[0]).await.unwrap_err().to_string();
+    assert!(still.contains("circuit open"), "{still}");
+
+    // Back (empty: no persistence), the primary's keys are kept again, once
+    // its breaker's probe has found it.
     cluster.nodes[dead].restart();
     let key = &keys[0];
-    keyspace.set(key, b"again", None, false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(error) = keyspace.set(key, b"again", None, false).await {
+        assert!(Instant::now() < deadline, "{key} still cannot be written: {error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let monitor = cluster.nodes[dead].monitor();
@@ -630,7 +678,7 @@ async fn on_a_cluster_a_frozen_primary_costs_only_its_own_keys() {
             .expect("connect"),
     );
     let keyspace = Keyspace::new(near.clone(), "near", Limits::default()).unwrap();
-    let keys: Vec<String> = (0..12).map(|n| format!("k{n}")).collect();
+    let keys = keys_from_slot_zero_on();
     let owners: Vec<usize> = keys
         .iter()
         .map(|key| cluster.owner_of(&format!("near:{key}")))

@@ -732,21 +732,38 @@ impl RedisStore {
     /// The primaries of the cluster and the slots each serves, in the order
     /// of their first slot, as a node (any) sees them now.
     pub(crate) async fn cluster_primaries(&self) -> Result<Vec<Primary>, StoreError> {
-        let ranges: Vec<Value> = self
-            .bounded_at(0, |connection| async move {
-                let Connection::Cluster(mut cluster) = connection else {
-                    return Err(RedisError::from((
-                        ErrorKind::Client,
-                        "CLUSTER SLOTS on a single server",
-                    )));
-                };
+        let shared = &*self.shared;
+        let Some(Connection::Cluster(cluster)) = shared.connection.get().cloned() else {
+            return Err(StoreError::Unavailable(format!(
+                "not connected to the Redis Cluster at {} yet",
+                shared.target
+            )));
+        };
+        // Any node can tell, so this asks about no slot and passes no
+        // breaker (a dead primary's open breaker must not hide the map that
+        // says so); a few random nodes in turn, so that a dead one is not
+        // the only one asked.
+        let ask = async {
+            let mut failure = None;
+            for _ in 0..3 {
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-                let reply = cluster
+                match cluster
+                    .clone()
                     .route_command(redis::cmd("CLUSTER").arg("SLOTS").to_owned(), route)
-                    .await?;
-                Ok(redis::from_redis_value(reply)?)
-            })
-            .await?;
+                    .await
+                {
+                    Ok(reply) => return Ok(reply),
+                    Err(error) => failure = Some(error),
+                }
+            }
+            Err(failure.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no node asked"))))
+        };
+        let reply = timeout(shared.command_timeout, ask)
+            .await
+            .map_err(|_| StoreError::Timeout(shared.command_timeout))?
+            .map_err(|error| StoreError::Unavailable(shared.scrub(&error.to_string())))?;
+        let ranges: Vec<Value> =
+            redis::from_redis_value(reply).map_err(|error| StoreError::Other(shared.scrub(&error.to_string())))?;
         // Each range: start, end, then the primary as [host, port, id, …].
         let mut primaries: Vec<Primary> = Vec::new();
         for range in ranges {
