@@ -526,11 +526,16 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Only the embedded edge function is known to have the profile routes.
+    let hint = match config.component {
+        None => "; try GET /profiles/alice",
+        Some(_) => "",
+    };
     tracing::info!(
         address = %listener.local_addr()?,
         component = %config.component.as_deref().map_or("(embedded)".into(), |path| path.display().to_string()),
         namespace = %config.namespace,
-        "serving the edge function with {store}; try GET /profiles/alice"
+        "serving the edge function with {store}{hint}"
     );
     let harness = Arc::new(harness);
     let (stop, stopped) = tokio::sync::watch::channel(false);
