@@ -254,9 +254,13 @@ async fn a_redis_restart_leaves_nothing_stale() {
 
 /// Rate limits out of the way: these tests count cache reads.
 fn harness_with_near_cache(server: &RedisServer) -> HarnessConfig {
+    harness_on(server.store_with_near_cache(NearCacheConfig::new(16 << 20)))
+}
+
+fn harness_on(store: StoreConfig) -> HarnessConfig {
     HarnessConfig {
         guest_env: vec![("RATE_LIMIT_REQUESTS".to_owned(), "1000000".to_owned())],
-        ..config(server.store_with_near_cache(NearCacheConfig::new(16 << 20)))
+        ..config(store)
     }
 }
 
@@ -274,6 +278,25 @@ async fn a_put_through_one_harness_is_seen_through_the_other() {
     let server = RedisServer::start();
     let writer = Served::start(harness_with_near_cache(&server)).await;
     let reader = Served::start(harness_with_near_cache(&server)).await;
+    put_through_one_get_through_the_other(&writer, &reader).await;
+}
+
+/// The same on a Redis Cluster: each harness tracks every primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_put_through_one_harness_is_seen_through_the_other() {
+    let cluster = RedisCluster::start(3, 0);
+    let writer = Served::start(harness_on(
+        cluster.store_with_near_cache(NearCacheConfig::new(16 << 20)),
+    ))
+    .await;
+    let reader = Served::start(harness_on(
+        cluster.store_with_near_cache(NearCacheConfig::new(16 << 20)),
+    ))
+    .await;
+    put_through_one_get_through_the_other(&writer, &reader).await;
+}
+
+async fn put_through_one_get_through_the_other(writer: &Served, reader: &Served) {
     let mut checked = 0;
     for round in 0..20 {
         // The reader holds alice near (the first read of round 0 fills
@@ -528,10 +551,9 @@ async fn on_a_cluster_a_moved_slot_leaves_nothing_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_hit_costs_one_redis_round_trip() {
     let cluster = RedisCluster::start(3, 0);
-    let served = Served::start(HarnessConfig {
-        guest_env: vec![("RATE_LIMIT_REQUESTS".to_owned(), "1000000".to_owned())],
-        ..config(cluster.store_with_near_cache(NearCacheConfig::new(16 << 20)))
-    })
+    let served = Served::start(harness_on(
+        cluster.store_with_near_cache(NearCacheConfig::new(16 << 20)),
+    ))
     .await;
     assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "miss");
     assert_eq!(served.get("/profiles/alice").await.headers()["x-cache"], "hit");
