@@ -303,10 +303,10 @@ async fn put_through_one_get_through_the_other(writer: &Served, reader: &Served)
         // Redis, the next brings it near): its third read is a near hit.
         reader.get("/profiles/alice").await;
         reader.get("/profiles/alice").await;
-        let hits = near_hits(&reader);
+        let hits = near_hits(reader);
         assert_eq!(reader.get("/profiles/alice").await.headers()["x-cache"], "hit");
         assert_eq!(
-            near_hits(&reader),
+            near_hits(reader),
             hits + 1,
             "round {round}: served from the near cache"
         );
