@@ -7,9 +7,9 @@ use edge_cache_harness::HarnessConfig;
 use edge_cache_harness::StoreConfig;
 use edge_cache_harness::keyspace::{Keyspace, Limits};
 use edge_cache_harness::metrics::Metrics;
-use edge_cache_harness::store::StoreError;
 use edge_cache_harness::store::breaker::{CLUSTER_RANGES, key_slot};
 use edge_cache_harness::store::near::{NearCache, NearCacheConfig};
+use edge_cache_harness::store::{Store, StoreError};
 use edge_cache_tests::{Monitor, RedisCluster, RedisServer, Served, config};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -305,11 +305,7 @@ async fn put_through_one_get_through_the_other(writer: &Served, reader: &Served)
         reader.get("/profiles/alice").await;
         let hits = near_hits(reader);
         assert_eq!(reader.get("/profiles/alice").await.headers()["x-cache"], "hit");
-        assert_eq!(
-            near_hits(reader),
-            hits + 1,
-            "round {round}: served from the near cache"
-        );
+        assert_eq!(near_hits(reader), hits + 1, "round {round}: served from the near cache");
 
         let name = format!("Alice, round {round}");
         let put = writer
@@ -613,6 +609,10 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
         assert!(Instant::now() < deadline, "the near cache never served again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(keyspace_metric(&keyspace, "near_cache_connections"), 2);
+    assert_eq!(keyspace_metric(&keyspace, "near_cache_primaries_unreachable"), 1);
+    let ready = near.readiness().unwrap();
+    assert!(ready.contains("not the keys of 1 cluster primaries"), "{ready}");
     let monitor = cluster.nodes[live].monitor();
     for (key, &owner) in keys.iter().zip(&owners) {
         let read = keyspace.get(key).await;
@@ -679,6 +679,8 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
         assert!(Instant::now() < deadline, "{key} never held near again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(keyspace_metric(&keyspace, "near_cache_connections"), 3);
+    assert_eq!(keyspace_metric(&keyspace, "near_cache_primaries_unreachable"), 0);
 }
 
 /// A primary that stops answering without closing (SIGSTOP) is found by

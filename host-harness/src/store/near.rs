@@ -116,6 +116,11 @@ struct NearCacheMetrics {
     flushes: Counter,
     bytes: Gauge,
     entries: Gauge,
+    /// Tracking connections up (one, or one per cluster primary).
+    connections: Gauge,
+    /// Cluster primaries with no tracking connection: their keys are not
+    /// kept.
+    unreachable: Gauge,
 }
 
 /// Redis with a near cache in front of its reads. See the module.
@@ -336,8 +341,16 @@ impl Near {
     /// what was kept may have changed while nothing was tracked.
     fn resume(&self, tracking: Tracking) {
         self.flush();
+        self.count_connections(Some(&tracking));
         *self.tracking.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(tracking));
         self.serving.store(true, Ordering::Release);
+    }
+
+    fn count_connections(&self, tracking: Option<&Tracking>) {
+        let (up, missing) = tracking.map_or((0, 0), Tracking::counts);
+        let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.metrics.connections.set(gauge(up));
+        self.metrics.unreachable.set(gauge(missing));
     }
 
     /// Replaces connections `id` with `tracking`, the same set with more
@@ -347,6 +360,7 @@ impl Near {
         if current.as_ref().is_none_or(|current| current.id != tracking.id) {
             return false;
         }
+        self.count_connections(Some(&tracking));
         *current = Some(Arc::new(tracking));
         true
     }
@@ -360,6 +374,7 @@ impl Near {
         }
         self.serving.store(false, Ordering::Release);
         *tracking = None;
+        self.count_connections(None);
         drop(tracking);
         self.flush();
     }
@@ -801,7 +816,11 @@ impl Store for NearCache {
 
     fn readiness(&self) -> Result<String, String> {
         let redis = self.redis.readiness()?;
+        let unreachable = self.near.metrics.unreachable.get();
         Ok(match self.is_serving() {
+            true if unreachable > 0 => format!(
+                "{redis}; the near cache serves, but not the keys of {unreachable} cluster primaries it cannot reach"
+            ),
             true => format!("{redis}; the near cache serves"),
             false => format!("{redis}; the near cache is off until its tracking connection is back"),
         })
@@ -842,6 +861,16 @@ impl Store for NearCache {
             "near_cache_entries",
             "Values held by the near cache",
             metrics.entries.clone(),
+        );
+        registry.register(
+            "near_cache_connections",
+            "Tracking connections up (one per Redis Cluster primary)",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "near_cache_primaries_unreachable",
+            "Redis Cluster primaries the near cache has no tracking connection to (their keys are not kept)",
+            metrics.unreachable.clone(),
         );
     }
 
