@@ -73,6 +73,8 @@ async fn a_value_is_read_from_redis_once_then_served_from_the_harness() {
     assert_eq!(keyspace_metric(&keyspace, "near_cache_hits_total"), 5);
     assert_eq!(keyspace_metric(&keyspace, "near_cache_misses_total"), 2);
     assert!(keyspace_metric(&keyspace, "near_cache_bytes") > 0);
+    assert_eq!(keyspace_metric(&keyspace, "near_cache_connections"), 1);
+    assert_eq!(keyspace_metric(&keyspace, "near_cache_primaries_unreachable"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
