@@ -517,22 +517,7 @@ async fn on_a_cluster_a_moved_slot_leaves_nothing_stale() {
 
     // Once the near cache follows the move, the key is read from its new
     // primary once and then served from the harness again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let monitor = cluster.nodes[to].monitor();
-        for _ in 0..3 {
-            assert_eq!(keyspace.get("moving").await.unwrap().as_deref(), Some(&b"after"[..]));
-        }
-        let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
-        if gets <= 1 && near.is_serving() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still not held near after the move ({gets} GETs)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_held_near(&cluster, to, &near, &keyspace, "moving", b"after").await;
     let _: () = redis::cmd("SET")
         .arg("near:moving")
         .arg("later")
@@ -583,13 +568,9 @@ fn keys_from_slot_zero_on() -> Vec<String> {
     std::iter::once(first).chain((0..11).map(|n| format!("k{n}"))).collect()
 }
 
-/// A primary that dies costs the near cache its own keys only: the keys of
-/// the other primaries are held near again at once, and the dead one's are
-/// kept again once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
-    let mut cluster = RedisCluster::start(3, 0);
-    let (near, keyspace) = near_cache_on_cluster(&cluster).await;
+/// The keys of [`keys_from_slot_zero_on`], each written with `v` and read
+/// once, and the primary serving each.
+async fn keys_held(cluster: &RedisCluster, keyspace: &Keyspace) -> (Vec<String>, Vec<usize>) {
     let keys = keys_from_slot_zero_on();
     let owners: Vec<usize> = keys
         .iter()
@@ -599,6 +580,90 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
         keyspace.set(key, b"v", None, false).await.unwrap();
         keyspace.get(key).await.unwrap();
     }
+    (keys, owners)
+}
+
+/// Waits (polling, up to 30 s) until the near cache serves again after a
+/// connection was lost: emptied then, and again once it serves.
+async fn until_serving_again(near: &NearCache, keyspace: &Keyspace, flushes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(near.is_serving() && keyspace_metric(keyspace, "near_cache_flushes_total") >= flushes + 2) {
+        assert!(Instant::now() < deadline, "the near cache never served again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads each key `owners` puts on primary `live` twice: `live` runs one
+/// `GET` for each, the second read is the harness's.
+async fn live_keys_read_once(
+    cluster: &RedisCluster,
+    keyspace: &Keyspace,
+    keys: &[String],
+    owners: &[usize],
+    live: usize,
+) {
+    let monitor = cluster.nodes[live].monitor();
+    let on_live: Vec<&String> = keys
+        .iter()
+        .zip(owners)
+        .filter(|&(_, &owner)| owner == live)
+        .map(|(key, _)| key)
+        .collect();
+    for key in &on_live {
+        assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
+    }
+    let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
+    assert_eq!(
+        gets,
+        on_live.len() as u64,
+        "each key of a live primary read from it once"
+    );
+}
+
+/// Waits (polling, up to 30 s) until `key` reads `value` three times in a
+/// row while node `node` runs at most one `GET`: the near cache serves and
+/// holds the key again. Meanwhile a read may fail, but never give anything
+/// else than `value`.
+async fn until_held_near(
+    cluster: &RedisCluster,
+    node: usize,
+    near: &NearCache,
+    keyspace: &Keyspace,
+    key: &str,
+    value: &[u8],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let monitor = cluster.nodes[node].monitor();
+        let mut last = Ok(None);
+        for _ in 0..3 {
+            last = keyspace.get(key).await;
+            // Failing while a primary is away is allowed; any other value is not.
+            if let Ok(read) = &last {
+                assert_eq!(read.as_deref(), Some(value), "{key} read something else");
+            }
+        }
+        let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
+        if last.as_ref().is_ok_and(|read| read.as_deref() == Some(value)) && gets <= 1 && near.is_serving() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} not held near: it reads {last:?}, with {gets} GETs in three reads"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A primary that dies costs the near cache its own keys only: the keys of
+/// the other primaries are held near again at once, and the dead one's are
+/// kept again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let (near, keyspace) = near_cache_on_cluster(&cluster).await;
+    let (keys, owners) = keys_held(&cluster, &keyspace).await;
     let dead = owners[0];
     let live = *owners.iter().find(|&&owner| owner != dead).unwrap();
     let flushes = keyspace_metric(&keyspace, "near_cache_flushes_total");
@@ -606,29 +671,16 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
 
     // Losing one tracking connection empties the near cache, which then
     // serves again on the primaries that answer.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(near.is_serving() && keyspace_metric(&keyspace, "near_cache_flushes_total") >= flushes + 2) {
-        assert!(Instant::now() < deadline, "the near cache never served again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_serving_again(&near, &keyspace, flushes).await;
     assert_eq!(keyspace_metric(&keyspace, "near_cache_connections"), 2);
     assert_eq!(keyspace_metric(&keyspace, "near_cache_primaries_unreachable"), 1);
     let ready = near.readiness().unwrap();
     assert!(ready.contains("not the keys of 1 cluster primaries"), "{ready}");
-    let monitor = cluster.nodes[live].monitor();
-    for (key, &owner) in keys.iter().zip(&owners) {
+    live_keys_read_once(&cluster, &keyspace, &keys, &owners, live).await;
+    for (key, _) in keys.iter().zip(&owners).filter(|&(_, &owner)| owner == dead) {
         let read = keyspace.get(key).await;
-        match owner == dead {
-            true => assert!(read.is_err(), "{key} on the dead primary: {read:?}"),
-            false => {
-                assert_eq!(read.unwrap().as_deref(), Some(&b"v"[..]));
-                assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
-            }
-        }
+        assert!(read.is_err(), "{key} on the dead primary: {read:?}");
     }
-    let on_live = owners.iter().filter(|&&owner| owner == live).count() as u64;
-    let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
-    assert_eq!(gets, on_live, "each key of a live primary read from it once");
 
     // Reads of the dead primary's keys open the breaker of their slots
     // (the lowest ones). The slot map is read past breakers, so a slot
@@ -643,18 +695,7 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
         .find(|&&node| node != live && node != dead)
         .unwrap();
     cluster.move_slot_of(&format!("near:{moving}"), other);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let monitor = cluster.nodes[other].monitor();
-        for _ in 0..3 {
-            assert_eq!(keyspace.get(moving).await.unwrap().as_deref(), Some(&b"v"[..]));
-        }
-        if commands_sent(monitor).get("get").copied().unwrap_or(0) <= 1 && near.is_serving() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{moving} not held near after its slot moved");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_held_near(&cluster, other, &near, &keyspace, moving, b"v").await;
     // Reading the slot map never passed for a probe of the dead primary's
     // slots: their breaker is still open.
     let still = keyspace.get(&keys[0]).await.unwrap_err().to_string();
@@ -669,18 +710,7 @@ async fn on_a_cluster_a_dead_primary_costs_only_its_own_keys() {
         assert!(Instant::now() < deadline, "{key} still cannot be written: {error}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let monitor = cluster.nodes[dead].monitor();
-        for _ in 0..3 {
-            assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"again"[..]));
-        }
-        if commands_sent(monitor).get("get").copied().unwrap_or(0) <= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{key} never held near again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_held_near(&cluster, dead, &near, &keyspace, key, b"again").await;
     assert_eq!(keyspace_metric(&keyspace, "near_cache_connections"), 3);
     assert_eq!(keyspace_metric(&keyspace, "near_cache_primaries_unreachable"), 0);
 }
@@ -704,52 +734,15 @@ async fn on_a_cluster_a_frozen_primary_costs_only_its_own_keys() {
             .expect("connect"),
     );
     let keyspace = Keyspace::new(near.clone(), "near", Limits::default()).unwrap();
-    let keys = keys_from_slot_zero_on();
-    let owners: Vec<usize> = keys
-        .iter()
-        .map(|key| cluster.owner_of(&format!("near:{key}")))
-        .collect();
-    for key in &keys {
-        keyspace.set(key, b"v", None, false).await.unwrap();
-        keyspace.get(key).await.unwrap();
-    }
+    let (keys, owners) = keys_held(&cluster, &keyspace).await;
     let frozen = owners[0];
     let live = *owners.iter().find(|&&owner| owner != frozen).unwrap();
     let flushes = keyspace_metric(&keyspace, "near_cache_flushes_total");
     cluster.nodes[frozen].freeze();
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(near.is_serving() && keyspace_metric(&keyspace, "near_cache_flushes_total") >= flushes + 2) {
-        assert!(Instant::now() < deadline, "the near cache never served again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let monitor = cluster.nodes[live].monitor();
-    for (key, &owner) in keys.iter().zip(&owners) {
-        if owner != frozen {
-            assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
-            assert_eq!(keyspace.get(key).await.unwrap().as_deref(), Some(&b"v"[..]));
-        }
-    }
-    let on_live = owners.iter().filter(|&&owner| owner == live).count() as u64;
-    let gets = commands_sent(monitor).get("get").copied().unwrap_or(0);
-    assert_eq!(gets, on_live, "each key of a live primary read from it once");
+    until_serving_again(&near, &keyspace, flushes).await;
+    live_keys_read_once(&cluster, &keyspace, &keys, &owners, live).await;
 
     cluster.nodes[frozen].thaw();
-    let key = &keys[0];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let monitor = cluster.nodes[frozen].monitor();
-        let mut read = true;
-        for _ in 0..3 {
-            read &= keyspace
-                .get(key)
-                .await
-                .is_ok_and(|value| value.as_deref() == Some(&b"v"[..]));
-        }
-        if read && commands_sent(monitor).get("get").copied().unwrap_or(0) <= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{key} never held near again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_held_near(&cluster, frozen, &near, &keyspace, &keys[0], b"v").await;
 }
