@@ -20,9 +20,9 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo,
-    Pipeline, ProtocolVersion, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind, TlsCertificates,
-    Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue,
+    IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind,
+    TlsCertificates, Value,
 };
 use std::collections::HashSet;
 use std::future::Future;
@@ -185,33 +185,48 @@ impl RedisClusterConfig {
     /// names it, with the first seed's credentials, database and TLS
     /// (as the cluster client reaches every node), speaking `protocol`.
     pub(crate) fn node_client(&self, host: &str, port: u16, protocol: ProtocolVersion) -> Result<Client, ConnectError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let seed = self.urls.first().map(String::as_str).unwrap_or_default();
-        let secrets = url_secrets(seed);
-        let invalid = |reason: String| ConnectError::InvalidUrl {
-            url: redact_url(seed),
-            reason: scrub(&reason, &secrets),
-        };
-        let info = seed.into_connection_info().map_err(|e| invalid(e.to_string()))?;
-        let addr = match info.addr() {
-            ConnectionAddr::TcpTls {
-                insecure, tls_params, ..
-            } => ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(host.to_owned(), port),
-        };
-        let settings = info.redis_settings().clone().set_protocol(protocol);
-        let info = info.set_addr(addr).set_redis_settings(settings);
-        match self.tls.certificates()? {
-            Some(certificates) => Client::build_with_tls(info, certificates),
-            None => Client::open(info),
-        }
-        .map_err(|e| invalid(e.to_string()))
+        open_client(seed, &self.tls, |info| {
+            let addr = match info.addr() {
+                ConnectionAddr::TcpTls {
+                    insecure, tls_params, ..
+                } => ConnectionAddr::TcpTls {
+                    host: host.to_owned(),
+                    port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => ConnectionAddr::Tcp(host.to_owned(), port),
+            };
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            Ok(info.set_addr(addr).set_redis_settings(settings))
+        })
     }
+}
+
+/// A client for `url` as `adjust` changes what it says, with `tls`'s
+/// certificates; fails on a bad URL or TLS setting (or what `adjust`
+/// refuses), without connecting, and with the URL's secrets scrubbed.
+fn open_client(
+    url: &str,
+    tls: &TlsFiles,
+    adjust: impl FnOnce(ConnectionInfo) -> Result<ConnectionInfo, String>,
+) -> Result<Client, ConnectError> {
+    // `rediss://` needs a process-wide TLS crypto provider; installing it
+    // twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secrets = url_secrets(url);
+    let invalid = |reason: String| ConnectError::InvalidUrl {
+        url: redact_url(url),
+        reason: scrub(&reason, &secrets),
+    };
+    let info = url.into_connection_info().map_err(|e| invalid(e.to_string()))?;
+    let info = adjust(info).map_err(invalid)?;
+    match tls.certificates()? {
+        Some(certificates) => Client::build_with_tls(info, certificates),
+        None => Client::open(info),
+    }
+    .map_err(|e| invalid(e.to_string()))
 }
 
 /// A primary of a Redis Cluster, as `CLUSTER SLOTS` names it.
@@ -446,36 +461,20 @@ impl RedisStore {
     /// A client for the server of `config`, speaking `protocol` (else the
     /// URL's); fails on a bad URL or TLS setting, without connecting.
     pub(crate) fn client(config: &RedisConfig, protocol: Option<ProtocolVersion>) -> Result<Client, ConnectError> {
-        // `rediss://` needs a process-wide TLS crypto provider; installing it
-        // twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let target = redact_url(&config.url);
-        let secrets = url_secrets(&config.url);
-        let invalid = |reason: String| ConnectError::InvalidUrl {
-            url: target.clone(),
-            reason: scrub(&reason, &secrets),
-        };
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| invalid(e.to_string()))?;
-        if let Some(db) = config.db {
-            if db < 0 {
-                return Err(invalid(format!("the database number must not be negative, not {db}")));
+        open_client(&config.url, &config.tls, |mut info| {
+            if let Some(db) = config.db {
+                if db < 0 {
+                    return Err(format!("the database number must not be negative, not {db}"));
+                }
+                let settings = info.redis_settings().clone().set_db(db);
+                info = info.set_redis_settings(settings);
             }
-            let settings = info.redis_settings().clone().set_db(db);
-            info = info.set_redis_settings(settings);
-        }
-        if let Some(protocol) = protocol {
-            let settings = info.redis_settings().clone().set_protocol(protocol);
-            info = info.set_redis_settings(settings);
-        }
-        match config.tls.certificates()? {
-            Some(certificates) => Client::build_with_tls(info, certificates),
-            None => Client::open(info),
-        }
-        .map_err(|e| invalid(e.to_string()))
+            if let Some(protocol) = protocol {
+                let settings = info.redis_settings().clone().set_protocol(protocol);
+                info = info.set_redis_settings(settings);
+            }
+            Ok(info)
+        })
     }
 
     /// Connects to one server. A bad URL or TLS setting, or refused
@@ -719,14 +718,13 @@ impl RedisStore {
     /// The first slot each primary of the cluster serves, in order: a
     /// stable name for the node that the cluster client can route by.
     async fn primaries_by_first_slot(&self) -> Result<Vec<u16>, StoreError> {
-        let mut firsts: Vec<u16> = self
+        // Already in that order.
+        Ok(self
             .cluster_primaries()
             .await?
             .iter()
             .filter_map(|primary| primary.slots.first().map(|&(start, _)| start))
-            .collect();
-        firsts.sort_unstable();
-        Ok(firsts)
+            .collect())
     }
 
     /// The primaries of the cluster and the slots each serves, in the order
